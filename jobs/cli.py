@@ -1,0 +1,132 @@
+"""The `tokenmill` command line.
+
+Only argparse and the standard library are imported at start-up: each subcommand names the
+module and function that implements it, imported when the subcommand runs, so `--help` is
+instant and works without a GPU, Ray or torch being importable.
+
+Exit codes (shared/INTERFACE.md): 0 success; 1 the work ran but some of it failed permanently;
+2 bad usage or an invalid spec (one message naming the field, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+# subcommand -> "module:function"; the function takes the parsed args and returns an exit code
+HANDLERS = {
+    "run": "jobs.runner:cli_run",
+    "submit": "jobs.submit:cli_submit",
+    "status": "jobs.status:cli_status",
+    "make-shards": "pipeline.make_shards:cli_make_shards",
+    "preview": "pipeline.preview:cli_preview",
+    "eval": "pipeline.evaluate:cli_eval",
+    "train-tokenizer": "pipeline.train_tokenizer:cli_train",
+}
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a job to completion (resumes if run again)",
+                       description="Run a job on an embedded local Ray (default) or the Ray cluster at "
+                                   "--address / RAY_ADDRESS. Running the same command again resumes.")
+    p.add_argument("spec", metavar="JOB.yaml", help="job spec file")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field by dotted path, e.g. output.uri=/tmp/x (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit a job to a Ray cluster through the Ray Jobs API",
+                       description="Submit JOB.yaml through the Ray Jobs API; prints the job id.")
+    p.add_argument("spec", metavar="JOB.yaml")
+    p.add_argument("--address", required=False, default=None,
+                   help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish and print its logs")
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="progress and totals of a job, read from its output location")
+    p.add_argument("output", metavar="OUTPUT", help="the job's output.uri (local path or s3://...)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec storage option, e.g. endpoint_url=http://... (repeatable)")
+
+
+def _add_make_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-shards", help="pack video files and sidecars into WebDataset shards")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders or globs")
+    p.add_argument("--output", required=True, metavar="PREFIX", help="shards are PREFIX-000000.tar, ...")
+    p.add_argument("--max-count", type=int, default=100, metavar="N", help="samples per shard (default 100)")
+    p.add_argument("--max-size-mb", type=float, default=1024.0, metavar="M", help="MB per shard (default 1024)")
+
+
+def _add_preview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preview", help="decode one clip's tokens back to pixels (PNG + MP4)")
+    p.add_argument("output", metavar="OUTPUT", help="the job's output.uri")
+    p.add_argument("--key", required=True, help="clip key (the `key` column)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for KEY-compare.png and KEY.mp4")
+    p.add_argument("--frames", type=int, default=6, help="frames shown in the PNG (default 6)")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="reconstruction PSNR/SSIM of a tokenizer vs the same-grid baseline")
+    p.add_argument("--tokenizer", required=True, metavar="SPEC",
+                   help="preset or bundled name, tokenmill checkpoint, or folder of official .jit files")
+    p.add_argument("--shards", required=True, nargs="+", metavar="URLS", help="WebDataset shards")
+    p.add_argument("--num-frames", type=int, default=17, metavar="N")
+    p.add_argument("--resolution", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--max-clips", type=int, default=None, help="stop after this many clips")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-tokenizer", help="train or fine-tune a tokenizer; resumable")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenmill",
+        description="Distributed pre-tokenization of video corpora with a Cosmos-style causal tokenizer.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_run, _add_submit, _add_status, _add_make_shards, _add_preview, _add_eval, _add_train):
+        add(sub)
+    return parser
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    module, func = HANDLERS[command].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from schemas.config import SpecError
+
+    try:
+        return int(_handler(args.command)(args) or 0)
+    except SpecError as exc:
+        print(f"tokenmill {args.command}: invalid spec: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokenmill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

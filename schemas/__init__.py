@@ -1,0 +1,1 @@
+"""Every on-disk and config format of tokenmill, explicit and versioned."""

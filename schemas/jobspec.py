@@ -1,0 +1,163 @@
+"""The job spec (YAML): what to read, how to cut clips, which tokenizer, where to write.
+
+Versioned by `JOBSPEC_VERSION`. `load_job_spec` validates everything before any work starts;
+errors are `SpecError`s naming the dotted field. `redacted()` is the only form that may be
+written to outputs or logs: storage options are reduced to their key names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from schemas.config import SpecError, from_dict, load_yaml, set_dotted, to_dict
+
+JOBSPEC_VERSION = 1
+
+Auto = Literal["auto"]
+
+
+@dataclass
+class InputSpec:
+    shards: str | list[str]
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        shards = [self.shards] if isinstance(self.shards, str) else self.shards
+        if not shards or not all(s.strip() for s in shards):
+            raise SpecError(f"{path}.shards", "must name at least one shard (path, glob, range or URL)")
+
+
+@dataclass
+class ClipSpec:
+    num_frames: int = 17
+    fps: float | None = None
+    stride: int | None = None
+    max_clips_per_video: int | None = None
+    resolution: tuple[int, int] = (256, 256)
+    decoder: Literal["decord", "pyav"] = "decord"
+
+    def validate(self, path: str) -> None:
+        if self.num_frames < 1:
+            raise SpecError(f"{path}.num_frames", "must be >= 1")
+        if self.fps is not None and self.fps <= 0:
+            raise SpecError(f"{path}.fps", "must be > 0 or null")
+        if self.stride is not None and self.stride < 1:
+            raise SpecError(f"{path}.stride", "must be >= 1 or null")
+        if self.max_clips_per_video is not None and self.max_clips_per_video < 1:
+            raise SpecError(f"{path}.max_clips_per_video", "must be >= 1 or null")
+        if min(self.resolution) < 1:
+            raise SpecError(f"{path}.resolution", "must be two positive integers [H, W]")
+
+
+@dataclass
+class TokenizerSpec:
+    name: str
+    checkpoint: str | None = None
+    init: Literal["pretrained", "random"] = "pretrained"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = 4
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def validate(self, path: str) -> None:
+        if self.batch_size < 1:
+            raise SpecError(f"{path}.batch_size", "must be >= 1")
+
+
+@dataclass
+class OutputSpec:
+    uri: str
+    format: Literal["parquet", "webdataset"] = "parquet"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResourceSpec:
+    num_actors: Auto | int = "auto"
+    gpus_per_actor: Auto | float = "auto"
+    cpus_per_actor: float = 0.5
+    decode_workers: Auto | int = "auto"
+    max_batches_in_flight: int = 2
+
+    def validate(self, path: str) -> None:
+        if isinstance(self.num_actors, int) and self.num_actors < 1:
+            raise SpecError(f"{path}.num_actors", "must be >= 1 or auto")
+        if isinstance(self.decode_workers, int) and self.decode_workers < 1:
+            raise SpecError(f"{path}.decode_workers", "must be >= 1 or auto")
+        if isinstance(self.gpus_per_actor, float) and self.gpus_per_actor < 0:
+            raise SpecError(f"{path}.gpus_per_actor", "must be >= 0 or auto")
+        if self.cpus_per_actor < 0:
+            raise SpecError(f"{path}.cpus_per_actor", "must be >= 0")
+        if self.max_batches_in_flight < 1:
+            raise SpecError(f"{path}.max_batches_in_flight", "must be >= 1")
+
+
+@dataclass
+class RetrySpec:
+    max_attempts: int = 3
+
+    def validate(self, path: str) -> None:
+        if self.max_attempts < 1:
+            raise SpecError(f"{path}.max_attempts", "must be >= 1")
+
+
+@dataclass
+class JobSpec:
+    input: InputSpec
+    tokenizer: TokenizerSpec
+    output: OutputSpec
+    name: str = "tokenmill"
+    clips: ClipSpec = field(default_factory=ClipSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    retries: RetrySpec = field(default_factory=RetrySpec)
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as plain data with secrets removed (storage option values dropped)."""
+        data = to_dict(self)
+        for section in ("input", "output"):
+            opts = data[section]["storage_options"]
+            data[section]["storage_options"] = {k: "<redacted>" for k in opts}
+        return data
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _resolve_path(value: str, base: str) -> str:
+    if _is_remote(value) or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, value))
+
+
+def resolve_paths(spec: JobSpec, base_dir: str) -> JobSpec:
+    """Relative local paths in the spec resolve against the spec file's folder."""
+    shards = spec.input.shards
+    if isinstance(shards, str):
+        shards = _resolve_path(shards, base_dir)
+    else:
+        shards = [_resolve_path(s, base_dir) for s in shards]
+    checkpoint = spec.tokenizer.checkpoint
+    if checkpoint is not None:
+        checkpoint = _resolve_path(checkpoint, base_dir)
+    return replace(
+        spec,
+        input=replace(spec.input, shards=shards),
+        tokenizer=replace(spec.tokenizer, checkpoint=checkpoint),
+        output=replace(spec.output, uri=_resolve_path(spec.output.uri, base_dir)),
+    )
+
+
+def parse_job_spec(data: dict[str, Any], base_dir: str = ".", overrides: list[str] | None = None) -> JobSpec:
+    """Validate parsed YAML (after applying `--set` overrides) into a JobSpec."""
+    for assignment in overrides or []:
+        set_dotted(data, assignment)
+    spec = from_dict(JobSpec, data)
+    return resolve_paths(spec, os.path.abspath(base_dir))
+
+
+def load_job_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
+    """Load and validate a job spec file; raises SpecError naming the bad field."""
+    data = load_yaml(path)
+    return parse_job_spec(data, os.path.dirname(os.path.abspath(path)), overrides)
