@@ -1,0 +1,359 @@
+"""TokenDataset: a resumable, deterministic, distributed reader of a tokenmill job's output.
+
+    ds = TokenDataset("out/demo", rank=rank, world_size=world, seed=0)
+    loader = TokenLoader(ds, batch_size=8, num_workers=2, collate_fn=...)
+    for step, batch in enumerate(loader):
+        ...
+        if step % 100 == 0:
+            save(loader.state_dict())        # exact position, including the shuffle buffer
+    # later: loader.load_state_dict(saved) continues with exactly the items that would have come
+
+Only shards with a manifest record are read (a shard is either complete or invisible), one
+Parquet row group at a time, so memory is bounded by the shuffle buffer plus one row group.
+Each epoch's order is a pure function of (dataset, seed, epoch, world size, workers); see
+`pipeline.loader_plan` for how rows are split (no row read twice, none skipped, ranks differ by
+at most one row). State is versioned and a restore that would change the sequence (another
+dataset, world size, rank, seed, shuffle settings or worker count) is refused with the reason.
+
+State with DataLoader workers: the items live in worker processes, so the state is counted where
+batches arrive. `TokenLoader` counts delivered batches; since a DataLoader (in_order=True,
+drop_last=False) takes batches from its workers round-robin, that count fixes how many items
+each worker delivered and which worker is next. On restore each worker fast-forwards its own
+stream (replaying the shuffle on positions, reading only the rows still in the buffer), and
+worker ids are rotated so the round-robin restarts at the right worker. Using a plain
+DataLoader with num_workers > 0 works for reading but its position cannot be saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.loader_plan import (
+    PositionShuffler,
+    Segment,
+    Unit,
+    consumer_range,
+    consumer_sizes,
+    derive_seed,
+    segments_for,
+    unit_order,
+    worker_progress,
+)
+from pipeline.loader_rows import rows_from_table, to_item
+
+STATE_FORMAT = "tokenmill.loader.state"
+STATE_VERSION = 1
+
+
+class IncompatibleStateError(ValueError):
+    """A saved loader state that cannot continue on this dataset/configuration (says why)."""
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    shard_id: str
+    path: str  # full path or URL
+    rows_per_group: tuple[int, ...]
+
+
+def _filesystem(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+
+
+def _manifest_records(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        from pipeline.manifest import read_manifest
+    except ImportError:  # the output side's reader has not landed yet: list the records directly
+        from schemas.manifest import MANIFEST_DIR, ManifestRecord
+
+        fs, root = _filesystem(uri, storage_options)
+        names = [p for p in fs.glob(f"{root.rstrip('/')}/{MANIFEST_DIR}/*.json") if not p.rsplit("/", 1)[-1].startswith("_")]
+        records = [ManifestRecord.from_dict(json.loads(fs.cat_file(p))) for p in names]
+        return {r.shard_id: r for r in records}
+    return read_manifest(uri, storage_options)
+
+
+def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
+    """shard id -> token file path, for shards with a manifest record (the only ones trusted)."""
+    base = uri.rstrip("/")
+    paths = {}
+    for shard, record in _manifest_records(uri, storage_options).items():
+        if record.format != "parquet":
+            raise ValueError(
+                f"{uri}: shard {shard} was written as {record.format!r}; TokenDataset reads the parquet format"
+            )
+        rel = record.outputs["tokens"].path
+        paths[shard] = rel if "://" in rel or rel.startswith("/") else f"{base}/{rel}"
+    return paths
+
+
+def discover(uri: str, storage_options: dict[str, Any] | None = None) -> list[TokenFile]:
+    """The token files of a job output, sorted by shard id, with their row-group sizes."""
+    paths = _manifest_shards(uri, storage_options)
+    if not paths:
+        raise FileNotFoundError(f"{uri}: no finished shards (no records under _manifest/)")
+    fs, _ = _filesystem(uri, storage_options)
+
+    def footer(shard: str) -> TokenFile:
+        _, path = _filesystem(paths[shard], storage_options)
+        with fs.open(path, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+        counts = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        return TokenFile(shard, paths[shard], counts)
+
+    # footers are small reads; on S3 their latency dominates, so read several at once
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(footer, sorted(paths)))
+
+
+def fingerprint(files: list[TokenFile]) -> str:
+    """Identity of a dataset's contents: shard ids and row layout (not where it is stored)."""
+    text = json.dumps([[f.shard_id, list(f.rows_per_group)] for f in files])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class TokenDataset(IterableDataset):
+    """Items of a tokenmill output (dicts; see `pipeline.loader_rows`), split over ranks and workers."""
+
+    def __init__(
+        self,
+        uri: str,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        storage_options: dict[str, Any] | None = None,
+        epoch: int = 0,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        self.uri, self.storage_options = uri, storage_options
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle, self.shuffle_buffer, self.epoch = shuffle, shuffle_buffer, epoch
+        self.files = discover(uri, storage_options)
+        self.units = [
+            Unit(f, g, n) for f, tf in enumerate(self.files) for g, n in enumerate(tf.rows_per_group) if n
+        ]
+        self.total_samples = sum(u.num_rows for u in self.units)
+        self.fingerprint = fingerprint(self.files)
+        self._resume: tuple[list[int], int] | None = None  # (consumed per worker, next worker)
+        self._consumed = 0  # items yielded by the in-process iterator this epoch
+
+    # ---- sizes and epochs -------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Items this rank reads per epoch (ranks differ by at most one)."""
+        lo, hi = consumer_range(self.total_samples, self.rank, self.world_size, 0, 1)
+        return hi - lo
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order to produce; a new epoch drops any pending resume."""
+        if epoch != self.epoch:
+            self.epoch, self._resume, self._consumed = epoch, None, 0
+
+    # ---- state ------------------------------------------------------------------------------
+    def _base_state(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "dataset": {"fingerprint": self.fingerprint, "samples": self.total_samples},
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer,
+            "epoch": self.epoch,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the in-process iterator (num_workers=0); use TokenLoader with workers."""
+        return {**self._base_state(), "num_workers": 0, "consumed": [self._consumed], "next_worker": 0}
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise IncompatibleStateError saying why `state` cannot continue on this dataset."""
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise IncompatibleStateError(
+                f"loader state has format/version {state.get('format')!r}/{state.get('version')!r}; "
+                f"this reader understands {STATE_FORMAT!r}/{STATE_VERSION}"
+            )
+        mine = self._base_state()
+        if state["dataset"] != mine["dataset"]:
+            raise IncompatibleStateError(
+                f"loader state belongs to another dataset: saved over {state['dataset']['samples']} clips "
+                f"(fingerprint {state['dataset']['fingerprint']}), {self.uri} now holds "
+                f"{self.total_samples} clips (fingerprint {self.fingerprint}); shards were added, "
+                "removed or rewritten, so the saved position has no meaning here"
+            )
+        for name in ("world_size", "rank", "seed", "shuffle", "shuffle_buffer"):
+            if state[name] != mine[name]:
+                raise IncompatibleStateError(
+                    f"loader state was saved with {name}={state[name]!r} but this reader has "
+                    f"{name}={mine[name]!r}; the split/order would differ, so resuming would repeat "
+                    "or skip samples (elastic resume is not supported)"
+                )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue, on the next iteration, exactly where `state` was taken."""
+        self.check_state(state)
+        self.epoch = state["epoch"]
+        self._resume = (list(state["consumed"]), int(state["next_worker"]))
+        self._consumed = sum(state["consumed"])
+
+    # ---- iteration --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        num_workers, physical = (info.num_workers, info.id) if info else (1, 0)
+        consumed, next_worker = self._resume or ([0] * num_workers, 0)
+        self._resume = None
+        if len(consumed) != num_workers:
+            raise IncompatibleStateError(
+                f"loader state was saved with {len(consumed)} reader process(es) per rank but this "
+                f"iteration uses {num_workers}; each worker's stream would differ"
+            )
+        # rotating worker ids makes the DataLoader's round-robin restart at the saved next worker
+        worker = (physical + next_worker) % num_workers
+        self._consumed = consumed[worker] if info is None else 0
+        for item in self._iter_worker(worker, num_workers, consumed[worker]):
+            self._consumed += 1
+            yield item
+
+    def _iter_worker(self, worker: int, num_workers: int, skip: int) -> Iterator[dict[str, Any]]:
+        order = unit_order(len(self.units), self.seed, self.epoch, self.shuffle)
+        lo, hi = consumer_range(self.total_samples, self.rank, self.world_size, worker, num_workers)
+        segments = segments_for(self.units, order, lo, hi)
+        size = self.shuffle_buffer if self.shuffle else 1
+        rng_seed = derive_seed("buffer", self.seed, self.epoch, self.rank, worker, num_workers)
+        shuffler = PositionShuffler(hi - lo, size, rng_seed)
+        shuffler.skip(skip)
+        rows = self._read_positions(segments, shuffler.buffer)
+        stream = self._stream(segments, shuffler.cursor)
+        while True:
+            for position in shuffler.fill():
+                rows[position] = next(stream)
+            taken = shuffler.take()
+            if taken is None:
+                return
+            yield to_item(rows.pop(taken))
+
+    def _read(self, segment: Segment) -> list[dict[str, Any]]:
+        unit = self.units[segment.unit]
+        tf = self.files[unit.file]
+        fs, path = _filesystem(tf.path, self.storage_options)
+        with fs.open(path, "rb") as handle:
+            table = pq.ParquetFile(handle).read_row_group(unit.row_group)
+        return rows_from_table(table, segment.start, segment.stop)
+
+    def _stream(self, segments: list[Segment], start: int) -> Iterator[dict[str, Any]]:
+        """Rows of a consumer from position `start` on, one row group in memory at a time."""
+        offset = 0
+        for seg in segments:
+            if offset + seg.num_rows > start:
+                skip = max(start - offset, 0)
+                yield from self._read(Segment(seg.unit, seg.start + skip, seg.stop))
+            offset += seg.num_rows
+
+    def _read_positions(self, segments: list[Segment], positions: list[int]) -> dict[int, dict[str, Any]]:
+        """Rows at the given positions (a restored shuffle buffer), reading each row group once."""
+        wanted, rows, offset = set(positions), {}, 0
+        for seg in segments:
+            hits = [p for p in range(offset, offset + seg.num_rows) if p in wanted]
+            if hits:
+                records = self._read(seg)
+                rows.update({p: records[p - offset] for p in hits})
+            offset += seg.num_rows
+        return rows
+
+
+class TokenLoader:
+    """A DataLoader over a TokenDataset whose position (with any number of workers) can be saved.
+
+    Batches are built inside each worker from its own stream (`collate_fn` as for DataLoader);
+    every batch counts one step. Requires in_order=True, drop_last=False, persistent_workers=False
+    (the defaults), which is what makes the position computable from the batch count.
+    """
+
+    def __init__(
+        self,
+        dataset: TokenDataset,
+        batch_size: int,
+        num_workers: int = 0,
+        collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+        **dataloader_kwargs: Any,
+    ):
+        for name, bad in (("drop_last", True), ("persistent_workers", True), ("in_order", False)):
+            if dataloader_kwargs.get(name, not bad) == bad:
+                raise ValueError(f"TokenLoader cannot track its position with {name}={bad}")
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.collate_fn, self.kwargs = collate_fn, dataloader_kwargs
+        self._batches = 0
+        self._resume_batches: int | None = None
+
+    @property
+    def _workers(self) -> int:
+        return max(self.num_workers, 1)
+
+    def _progress(self, batches: int) -> tuple[list[int], int]:
+        ds = self.dataset
+        sizes = consumer_sizes(ds.total_samples, ds.rank, ds.world_size, self._workers)
+        return worker_progress(sizes, self.batch_size, batches)
+
+    def __len__(self) -> int:
+        sizes = consumer_sizes(self.dataset.total_samples, self.dataset.rank, self.dataset.world_size, self._workers)
+        return sum(math.ceil(s / self.batch_size) for s in sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.dataset.epoch:
+            self._batches, self._resume_batches = 0, None
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        start = self._resume_batches or 0
+        self._resume_batches, self._batches = None, start
+        ds = copy.copy(self.dataset)
+        ds._resume = self._progress(start)
+        loader = DataLoader(
+            ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate_fn, **self.kwargs
+        )
+        for batch in loader:
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        consumed, next_worker = self._progress(self._batches)
+        return {
+            **self.dataset._base_state(),
+            "num_workers": self.num_workers,
+            "consumed": consumed,
+            "next_worker": next_worker,
+            "batch_size": self.batch_size,
+            "batches": self._batches,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.check_state(state)
+        for name in ("num_workers", "batch_size"):
+            if state.get(name) != getattr(self, name):
+                raise IncompatibleStateError(
+                    f"loader state was saved with {name}={state.get(name)!r} but this loader has "
+                    f"{name}={getattr(self, name)!r}; batches would be cut differently"
+                )
+        self.dataset.epoch = state["epoch"]
+        self._resume_batches = self._batches = int(state["batches"])
