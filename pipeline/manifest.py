@@ -1,0 +1,218 @@
+"""The output location's bookkeeping: job.json, manifest records, resume planning, summary.
+
+    prepare_output(spec, fingerprint, shards_total)   create/validate job.json, clean temporaries
+    read_manifest(uri)        -> {shard_id: ManifestRecord}   one listing + index + new records
+    plan_shards(urls, uri)    -> (todo urls, {shard_id: verified record})
+    compact_manifest(uri)     write `_manifest/_index.jsonl.gz` so the next read is one GET
+    build_summary(...) / write_summary(uri, summary)
+
+The listing of `_manifest/` is the truth: a record counts only if its object is listed. The
+index is a cache of record contents keyed by (name, size), so reading 100k records costs one
+paginated listing plus one GET instead of 100k GETs (measured in bench/bench_manifest.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from pipeline import storage
+from pipeline.fingerprint import (
+    DIGEST,
+    describe_differences,
+    fingerprint_differences,
+    job_fingerprint,
+    token_file_metadata,
+)
+from pipeline.records import shard_id as make_shard_id
+from pipeline.summary import build_summary, write_summary
+from schemas.config import SpecError
+from schemas.jobspec import JobSpec
+from schemas.manifest import (
+    ERRORS_DIR,
+    JOB_FILE,
+    MANIFEST_DIR,
+    MANIFEST_INDEX,
+    TMP_DIR,
+    TOKENS_DIR,
+    JobFile,
+    ManifestRecord,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "prepare_output", "read_job_file", "read_manifest", "plan_shards", "compact_manifest",
+    "job_fingerprint", "token_file_metadata", "build_summary", "write_summary",
+]
+
+_RECORD_SUFFIX = ".json"
+
+
+def read_job_file(output_uri: str, storage_options: dict[str, Any] | None = None) -> JobFile | None:
+    """The output's job.json, or None if the output has none yet."""
+    fs, root = storage.get_fs(output_uri, storage_options)
+    path = storage.join(root, JOB_FILE)
+    if not storage.exists(fs, path):
+        return None
+    return JobFile.from_dict(json.loads(storage.read_bytes(fs, path)))
+
+
+def prepare_output(spec: JobSpec, fingerprint: dict[str, Any], shards_total: int) -> None:
+    """Create or validate `job.json` for a run, then clean what crashed attempts left behind.
+
+    Raises SpecError (exit 2) naming the differing fields when the output was written with a
+    different fingerprint; nothing is written in that case.
+    """
+    uri, opts = spec.output.uri, spec.output.storage_options
+    existing = read_job_file(uri, opts)
+    now = time.time()
+    if existing is not None:
+        diffs = fingerprint_differences(existing.fingerprint, fingerprint)
+        if diffs:
+            raise SpecError(
+                diffs[0][0],
+                f"output {uri} holds tokens made with a different job fingerprint "
+                f"({describe_differences(diffs)}); write to a new output.uri or remove the old output",
+            )
+    job = JobFile(spec=spec.redacted(), fingerprint=fingerprint, shards_total=shards_total,
+                  created_at=existing.created_at if existing else now, updated_at=now)
+    fs, root = storage.get_fs(uri, opts)
+    if storage.is_local(fs):
+        os.makedirs(root, exist_ok=True)
+    storage.put_bytes(fs, storage.join(root, JOB_FILE), json.dumps(job.to_dict(), indent=2).encode())
+    clean_output(uri, opts)
+
+
+def clean_output(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """Remove temporaries and published files that no manifest record points to.
+
+    Run at job start only: a file without a record is what a crashed attempt published before
+    its record; it will be redone, and removing it keeps plain directory readers exact.
+    """
+    fs, root = storage.get_fs(output_uri, storage_options)
+    removed = {"temporaries": 0, "orphans": 0}
+    for sub in (TOKENS_DIR, ERRORS_DIR, MANIFEST_DIR):
+        removed["temporaries"] += storage.remove_tree(fs, storage.join(root, sub, TMP_DIR))
+    if storage.is_local(fs):
+        removed["temporaries"] += _remove_local_dotfiles(storage.join(root, MANIFEST_DIR))
+    records = read_manifest(output_uri, storage_options)
+    wanted = {o.path for r in records.values() for o in r.outputs.values()}
+    orphans = []
+    for sub in (TOKENS_DIR, ERRORS_DIR):
+        for name in storage.list_sizes(fs, storage.join(root, sub)):
+            if f"{sub}/{name}" not in wanted:
+                orphans.append(storage.join(root, sub, name))
+    storage.remove_files(fs, orphans)
+    removed["orphans"] = len(orphans)
+    if any(removed.values()):
+        log.info("cleaned %s: %d temporaries, %d unrecorded files", output_uri,
+                 removed["temporaries"], removed["orphans"])
+    return removed
+
+
+def _remove_local_dotfiles(directory: str) -> int:
+    if not os.path.isdir(directory):
+        return 0
+    stale = [n for n in os.listdir(directory) if n.startswith(".") and n.endswith(".tmp")]
+    for name in stale:
+        os.remove(os.path.join(directory, name))
+    return len(stale)
+
+
+def _load(fs: Any, root: str) -> tuple[dict[str, ManifestRecord], dict[str, int]]:
+    """(records, record file sizes) from one listing, the index, and GETs for what is new."""
+    mdir = storage.join(root, MANIFEST_DIR)
+    sizes = {n: s for n, s in storage.list_sizes(fs, mdir).items() if n.endswith(_RECORD_SUFFIX)}
+    cached = _read_index(fs, storage.join(mdir, MANIFEST_INDEX))
+    records: dict[str, ManifestRecord] = {}
+    missing = []
+    for name, size in sizes.items():
+        entry = cached.get(name)
+        if entry is not None and entry[0] == size:
+            records[name] = entry[1]
+        else:
+            missing.append(storage.join(mdir, name))
+    for path, data in storage.read_many(fs, missing).items():
+        records[path.rsplit("/", 1)[-1]] = ManifestRecord.from_dict(json.loads(data))
+    by_id = {r.shard_id: r for r in records.values()}
+    return by_id, {records[n].shard_id: s for n, s in sizes.items() if n in records}
+
+
+def _read_index(fs: Any, path: str) -> dict[str, tuple[int, ManifestRecord]]:
+    try:
+        raw = storage.read_bytes(fs, path)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in gzip.decompress(raw).splitlines():
+        entry = json.loads(line)
+        out[entry["name"]] = (int(entry["size"]), ManifestRecord.from_dict(entry["record"]))
+    return out
+
+
+def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, ManifestRecord]:
+    """shard_id -> manifest record, for every record listed under `_manifest/`."""
+    fs, root = storage.get_fs(output_uri, storage_options)
+    return _load(fs, root)[0]
+
+
+def compact_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Write the index of all current records (a cache; records stay). Returns the count."""
+    fs, root = storage.get_fs(output_uri, storage_options)
+    records, sizes = _load(fs, root)
+    lines = [
+        json.dumps({"name": f"{sid}{_RECORD_SUFFIX}", "size": sizes[sid], "record": rec.to_dict()},
+                   sort_keys=True, separators=(",", ":"))
+        for sid, rec in sorted(records.items())
+    ]
+    data = gzip.compress("\n".join(lines).encode(), compresslevel=6)
+    storage.put_bytes(fs, storage.join(root, MANIFEST_DIR, MANIFEST_INDEX), data)
+    return len(records)
+
+
+def plan_shards(urls: list[str], output_uri: str, storage_options: dict[str, Any] | None = None,
+                fingerprint: str | None = None,
+                ) -> tuple[list[str], dict[str, ManifestRecord]]:
+    """Split input shards into (to do, done). Done = a record whose files are listed at its size.
+
+    Costs three listings (`_manifest/`, `tokens/`, `errors/`) and, with an index, one GET —
+    never a request per shard. With `fingerprint` (a digest), records made under another
+    fingerprint count as not done.
+    """
+    fs, root = storage.get_fs(output_uri, storage_options)
+    records, _ = _load(fs, root)
+    present = {
+        f"{sub}/{name}": size
+        for sub in (TOKENS_DIR, ERRORS_DIR)
+        for name, size in storage.list_sizes(fs, storage.join(root, sub)).items()
+    }
+    todo, done = [], {}
+    for url in urls:
+        sid = make_shard_id(url)
+        rec = records.get(sid)
+        if rec is not None and _verified(rec, url, present, fingerprint):
+            done[sid] = rec
+        else:
+            todo.append(url)
+    return todo, done
+
+
+def _verified(rec: ManifestRecord, url: str, present: dict[str, int], fingerprint: str | None) -> bool:
+    if rec.source_url != url:
+        return False
+    if fingerprint is not None and rec.fingerprint != fingerprint:
+        return False
+    for out in rec.outputs.values():
+        if present.get(out.path) != out.size:
+            log.warning("shard %s: %s is missing or has the wrong size; redoing it", rec.shard_id, out.path)
+            return False
+    return True
+
+
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    return str(fingerprint[DIGEST])

@@ -1,0 +1,189 @@
+"""fsspec helpers for the output location: one code path for local disk and object stores.
+
+Publication primitives and why they are atomic:
+- `publish_file`: local disk renames (atomic within a filesystem); an object store gets one
+  upload of the finished local file (an S3 object becomes visible only when its PUT or
+  multipart upload completes, so a killed upload leaves nothing under the final name).
+- `put_bytes(..., exclusive=True)`: create-if-absent. Local: write a temp then `os.link`
+  (fails if the name exists). S3: `PutObject` with `If-None-Match: *`.
+Listings bypass fsspec's listing cache: other processes write here concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+_CHUNK = 8 << 20
+
+
+def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(filesystem, root path without protocol) for a local path or URL."""
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def unique_suffix() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def file_checksum(local_path: str) -> str:
+    """"sha256:<hex>" of a local file."""
+    digest = hashlib.sha256()
+    with open(local_path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def list_sizes(fs: Any, directory: str) -> dict[str, int]:
+    """Base name -> size of the files directly in `directory` (one paginated listing on S3).
+
+    Missing directory -> {}. Names starting with "_" or "." (temporaries, indexes) are skipped.
+    """
+    if is_local(fs):
+        return _list_local(directory)
+    fs.invalidate_cache(directory)
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return {}
+    sizes = {}
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") == "file" and not name.startswith(("_", ".")):
+            sizes[name] = int(entry.get("size") or 0)
+    return sizes
+
+
+def _list_local(directory: str) -> dict[str, int]:
+    try:
+        with os.scandir(directory) as it:
+            return {
+                e.name: e.stat().st_size
+                for e in it
+                if e.is_file() and not e.name.startswith(("_", "."))
+            }
+    except FileNotFoundError:
+        return {}
+
+
+def exists(fs: Any, path: str) -> bool:
+    if not is_local(fs):
+        fs.invalidate_cache(path.rsplit("/", 1)[0])
+    return bool(fs.exists(path))
+
+
+def publish_file(fs: Any, local_path: str, final_path: str) -> None:
+    """Move a finished local file to its final name in one atomic step (see module doc)."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(final_path), exist_ok=True)
+        os.replace(local_path, final_path)
+        return
+    fs.put_file(local_path, final_path)
+    fs.invalidate_cache(final_path.rsplit("/", 1)[0])
+    os.remove(local_path)
+
+
+def put_bytes(fs: Any, path: str, data: bytes, exclusive: bool = False) -> bool:
+    """Write a small object whole. With `exclusive`, returns False if `path` already exists."""
+    if is_local(fs):
+        return _put_local(path, data, exclusive)
+    try:
+        fs.pipe_file(path, data, mode="create" if exclusive else "overwrite")
+    except (FileExistsError, OSError) as exc:
+        if exclusive and _is_precondition_failure(exc):
+            return False
+        raise
+    finally:
+        fs.invalidate_cache(path.rsplit("/", 1)[0])
+    return True
+
+
+def _is_precondition_failure(exc: BaseException) -> bool:
+    if isinstance(exc, FileExistsError):
+        return True
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "PreconditionFailed" in text or "412" in text
+
+
+def _put_local(path: str, data: bytes, exclusive: bool) -> bool:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique_suffix()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails if `path` exists: create-if-absent, atomically
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_bytes(fs: Any, path: str) -> bytes:
+    return bytes(fs.cat_file(path))
+
+
+def read_many(fs: Any, paths: list[str]) -> dict[str, bytes]:
+    """Fetch many small objects; concurrent on object stores (fsspec batches the GETs)."""
+    if not paths:
+        return {}
+    if is_local(fs):
+        out = {}
+        for p in paths:
+            with open(p, "rb") as f:
+                out[p] = f.read()
+        return out
+    got = fs.cat(paths, on_error="omit")
+    return {_strip(fs, k): v for k, v in got.items()}
+
+
+def _strip(fs: Any, path: str) -> str:
+    return str(fs._strip_protocol(path)).rstrip("/")
+
+
+def remove_tree(fs: Any, path: str) -> int:
+    """Remove a directory (prefix) and everything under it; returns how many files went."""
+    if not is_local(fs):
+        fs.invalidate_cache(path)
+    try:
+        files = fs.find(path)
+    except FileNotFoundError:
+        return 0
+    if files:
+        fs.rm(files)
+    if is_local(fs) and os.path.isdir(path):
+        fs.rm(path, recursive=True)
+    return len(files)
+
+
+def remove_files(fs: Any, paths: list[str]) -> None:
+    if paths:
+        fs.rm(paths)

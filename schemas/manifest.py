@@ -1,0 +1,105 @@
+"""On-disk records of the output location: manifest records (`_manifest/<shard-id>.json`) and
+the job file (`job.json`). Both are JSON with a `version` field.
+
+A manifest record is written once per finished input shard, after that shard's token and error
+files are published; it is the only thing readers and resume trust. `outputs` maps a role
+("tokens", "errors") to the published file, its size and checksum, so that a reader can verify
+a file without trusting the directory it sits in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MANIFEST_VERSION = 1
+JOB_FILE_VERSION = 1
+
+# paths relative to output.uri
+JOB_FILE = "job.json"
+SUMMARY_FILE = "summary.json"
+TOKENS_DIR = "tokens"
+ERRORS_DIR = "errors"
+MANIFEST_DIR = "_manifest"
+TMP_DIR = "_tmp"  # under each of the above; names starting with "_" are skipped by readers
+MANIFEST_INDEX = "_index.jsonl.gz"  # compacted records, a cache of the listing (see docs)
+
+
+@dataclass
+class OutputFile:
+    path: str  # relative to output.uri, e.g. "tokens/shards-000000-1a2b3c4d.parquet"
+    size: int  # bytes
+    checksum: str  # "sha256:<hex>" of the whole file
+    rows: int  # clips (tokens) or dead letters (errors)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutputFile:
+        return cls(path=data["path"], size=int(data["size"]), checksum=data["checksum"], rows=int(data["rows"]))
+
+
+@dataclass
+class ManifestRecord:
+    shard_id: str
+    source_url: str
+    attempt: int
+    outputs: dict[str, OutputFile]  # "tokens" | "errors" -> file
+    stats: dict[str, Any]  # pipeline.records.ShardStats.to_dict()
+    fingerprint: str  # the job fingerprint's digest
+    finished_at: float  # unix seconds
+    started_at: float  # unix seconds, when this attempt started writing
+    worker: str = ""  # host:pid of the process that published
+    format: str = "parquet"
+    version: int = MANIFEST_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRecord:
+        version = int(data.get("version", 0))
+        if version > MANIFEST_VERSION:
+            raise ValueError(
+                f"manifest record of shard {data.get('shard_id')!r} has version {version}; "
+                f"this tokenmill reads up to {MANIFEST_VERSION}"
+            )
+        return cls(
+            shard_id=data["shard_id"],
+            source_url=data["source_url"],
+            attempt=int(data["attempt"]),
+            outputs={k: OutputFile.from_dict(v) for k, v in data["outputs"].items()},
+            stats=dict(data["stats"]),
+            fingerprint=data["fingerprint"],
+            finished_at=float(data["finished_at"]),
+            started_at=float(data.get("started_at", data["finished_at"])),
+            worker=data.get("worker", ""),
+            format=data.get("format", "parquet"),
+            version=version,
+            extra=dict(data.get("extra", {})),
+        )
+
+
+@dataclass
+class JobFile:
+    """`job.json`: the resolved, redacted spec and the fingerprint every output was made with."""
+
+    spec: dict[str, Any]  # JobSpec.redacted(): storage option values never written
+    fingerprint: dict[str, Any]  # components + "digest"
+    shards_total: int
+    created_at: float
+    updated_at: float
+    version: int = JOB_FILE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobFile:
+        return cls(
+            spec=dict(data["spec"]),
+            fingerprint=dict(data["fingerprint"]),
+            shards_total=int(data["shards_total"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(data.get("updated_at", data["created_at"])),
+            version=int(data.get("version", 0)),
+        )
