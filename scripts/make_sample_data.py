@@ -59,7 +59,8 @@ def encode_segment(src: Path, first: int, count: int) -> tuple[bytes, dict]:
                     break
                 if index >= first:
                     image = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
-                    image.pts = None
+                    image.pts = index - first
+                    image.time_base = 1 / rate
                     out.mux(vout.encode(image))
             out.mux(vout.encode())
         info = {"fps": float(rate), "width": vout.width, "height": vout.height, "frames": count}

@@ -1,0 +1,181 @@
+"""Video decoding: probe a video's bytes, then decode only the frames a clip plan needs.
+
+Two backends behind one function shape, chosen by `clips.decoder`:
+
+    iter_frames(data, info, wanted, size) -> Iterator[(source_index, frame uint8 [h, w, 3])]
+
+`wanted` is an increasing iterator of source frame indices; frames in between are decoded (a
+codec needs them) but never converted to RGB, which is where most of the per-frame cost is.
+`size` = (width, height) of the output: scaling happens inside swscale during the colour
+conversion (area averaging for downscales, i.e. antialiased), so a 4K frame is never held as
+full-size RGB. Probing always uses PyAV so that both backends see the same rate, frame count
+and classification of bad input.
+
+Errors are `VideoError(stage, error_type, message)`: the caller turns them into dead letters.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# frame sizes outside these bounds are refused before decoding ("absurd dimensions"): below
+# MIN_SIDE decoders misbehave (decord returns garbage strides), above MAX_SIDE (8K DCI is 8192)
+# or past MAX_ASPECT a resize to the clip resolution would need unbounded memory
+MIN_SIDE = 16
+MAX_SIDE = 8192
+MAX_ASPECT = 16.0
+MAX_FPS = 240.0  # above this a container's average rate is taken to be a broken timeline
+
+
+class VideoError(Exception):
+    """A sample's video cannot be turned into clips; `stage`/`error_type` become the dead letter."""
+
+    def __init__(self, stage: str, error_type: str, message: str):
+        self.stage = stage
+        self.error_type = error_type
+        super().__init__(message)
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    num_frames: int | None  # from the container; None when it does not say (e.g. WebM)
+    duration: float | None  # seconds
+    codec: str
+
+
+def _av_error_types() -> tuple[type[BaseException], ...]:
+    import av
+
+    return (av.error.FFmpegError, UnicodeDecodeError)
+
+
+def _check_dimensions(width: int, height: int) -> None:
+    lo, hi = min(width, height), max(width, height)
+    if lo < MIN_SIDE or hi > MAX_SIDE or hi / lo > MAX_ASPECT:
+        raise VideoError("decode", "AbsurdDimensions",
+                         f"frame size {width}x{height} is outside {MIN_SIDE}..{MAX_SIDE} px "
+                         f"or aspect ratio {MAX_ASPECT}")
+
+
+def _frame_rate(stream) -> float:
+    """Average rate from the timestamps, unless they are broken (muxers that leave every pts at 0
+    report thousands of fps); then the codec's nominal rate. 0.0 when neither is plausible."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate and 0 < float(rate) <= MAX_FPS:
+            return float(rate)
+    return 0.0
+
+
+def probe(data: bytes) -> VideoInfo:
+    """Container facts of the first video stream; VideoError for anything that cannot be decoded."""
+    import av
+
+    if not data:
+        raise VideoError("read", "EmptyFile", "video member has zero bytes")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise VideoError("decode", "NoVideoStream", "the file has no video stream (audio only?)")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            if ctx is None or not ctx.name:
+                raise VideoError("decode", "UnsupportedCodec", f"no decoder for codec tag {stream.codec_tag!r}")
+            width, height = ctx.width, ctx.height
+            fps = _frame_rate(stream)
+            frames = stream.frames or None
+            duration = frames / fps if frames and fps else None
+            if duration is None and container.duration:
+                duration = container.duration / 1_000_000
+            info = VideoInfo(width, height, fps, frames, duration, ctx.name)
+    except _av_error_types() as exc:
+        raise VideoError("decode", "InvalidData", f"cannot open video: {exc}") from None
+    _check_dimensions(info.width, info.height)
+    if not info.fps:
+        raise VideoError("decode", "UnknownFrameRate", "neither the timestamps nor the codec give a usable frame rate")
+    return info
+
+
+def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
+                size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+    """PyAV backend: sequential decode in one thread, RGB + resize only for wanted frames."""
+    import av
+
+    want = iter(wanted)
+    target = next(want, None)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"  # one core per worker: parallelism comes from processes
+            for index, frame in enumerate(container.decode(stream)):
+                if target is None:
+                    return
+                if index < target:
+                    continue
+                _check_frame_size(frame.width, frame.height, info)
+                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+                out = rgb.to_ndarray()
+                while target is not None and target <= index:
+                    yield index, out
+                    target = next(want, None)
+    except _av_error_types() as exc:
+        raise VideoError("decode", "DecodeError", f"pyav: {exc}") from None
+
+
+def _check_frame_size(width: int, height: int, info: VideoInfo) -> None:
+    # a stream may change resolution mid-way; the probe's bounds must hold for every frame
+    if (width, height) != (info.width, info.height):
+        _check_dimensions(width, height)
+
+
+class _Bytes:
+    """decord copies whatever `.read()` returns; this avoids an extra BytesIO copy."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
+
+
+def decord_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
+                  size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+    """decord backend (threads=1): skip_frames over unwanted frames, next() for wanted ones."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(_Bytes(data), ctx=decord.cpu(0), width=size[0], height=size[1],
+                                    num_threads=1)
+        total, position = len(reader), 0
+        for target in wanted:
+            if target >= total:
+                return
+            if target >= position:
+                if target > position:
+                    reader.skip_frames(target - position)
+                frame = reader.next().asnumpy()
+                position = target + 1
+                if frame.shape != (size[1], size[0], 3):
+                    raise VideoError("decode", "DecodeError", f"decord returned a frame of shape {frame.shape}")
+            yield target, frame
+    except StopIteration:
+        return
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise VideoError("decode", "DecodeError", f"decord: {str(exc).splitlines()[0][:300]}") from None
+
+
+FrameReader = Callable[[bytes, VideoInfo, Iterable[int], tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+BACKENDS: dict[str, FrameReader] = {"pyav": pyav_frames, "decord": decord_frames}
+
+
+def frame_reader(name: str) -> FrameReader:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"clips.decoder: unknown decoder {name!r} (choose from {sorted(BACKENDS)})") from None

@@ -1,0 +1,151 @@
+"""Crash isolation for native decoders: decode in a child process that may die alone.
+
+decord and FFmpeg are C/C++; a bad file can segfault them, and in a job the process doing the
+decoding is a Ray worker that also talks to the tokenizer actors. `DecodeWorker` keeps one
+child process (`python -m pipeline.isolation`, a fresh interpreter: no fork of a threaded Ray
+worker) for a whole shard and sends it one video at a time; clips stream back over a pipe as
+they are cut. A child that dies (signal, abort, OOM kill) or stops answering becomes a
+VideoError("decode", "DecoderCrashed" | "DecoderTimeout") for that sample only, and the next
+sample starts a new child.
+
+Test hook: when the environment variable named by CRASH_ENV equals a sample's key, the child
+kills itself with SIGSEGV before decoding it. It exists only to test the above with a real
+crash; sample data cannot set a process's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pipeline.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.decode import VideoError
+from schemas.jobspec import ClipSpec
+
+CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
+# seconds the parent waits for the next message from the child before declaring it hung; a
+# single 17-frame clip of 8K video decodes in well under this on one core
+DEFAULT_TIMEOUT_S = 300.0
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
+class DecodeWorker:
+    """One decoding child process, restarted on demand. Use as a context manager."""
+
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None  # parent <-> child, duplex over a socketpair
+
+    def __enter__(self) -> DecodeWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> Connection:
+        import socket
+
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.isolation", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def _kill(self) -> str:
+        """Stop a dead or hung child; returns how it ended, for the dead letter's message."""
+        proc, self._proc = self._proc, None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if proc is None:
+            return "not running"
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        self.restarts += 1
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+    def cut_clips(self, key: str, data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
+        """Like clips.cut_clips, in the child. Raises VideoError, including for a crashed child."""
+        conn = self._conn or self._start()
+        try:
+            conn.send((key, data, asdict(spec)))
+        except OSError:
+            raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
+        finished = False
+        try:
+            while not finished:
+                kind, payload = self._receive(conn)
+                finished = kind in ("done", "error")
+                if kind == "error":
+                    raise VideoError(*payload)
+                yield payload
+        finally:
+            if not finished and self._proc is not None:
+                self._kill()  # the caller stopped early: the child is mid-video, start afresh
+
+    def _receive(self, conn: Connection) -> tuple[str, Any]:
+        try:
+            ready = conn.poll(self.timeout_s)
+            message = conn.recv() if ready else None
+        except (EOFError, OSError):
+            raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
+        if message is None:
+            how = self._kill()
+            raise VideoError("decode", "DecoderTimeout", f"no answer in {self.timeout_s:.0f} s ({how})")
+        return message
+
+
+def _serve(conn: Connection) -> None:
+    """Child loop: one request (key, bytes, spec) at a time until the parent sends None."""
+    while True:
+        request: Any = conn.recv()
+        if request is None:
+            return
+        key, data, spec_fields = request
+        if os.environ.get(CRASH_ENV) == key:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        spec_fields["resolution"] = tuple(spec_fields["resolution"])
+        try:
+            for item in cut_clips(data, ClipSpec(**spec_fields)):
+                conn.send(("done" if isinstance(item, VideoDone) else "clip", item))
+        except VideoError as exc:
+            conn.send(("error", (exc.stage, exc.error_type, str(exc))))
+        except Exception as exc:  # a decoder bug on one file must not end the shard
+            conn.send(("error", ("decode", "DecodeError", f"{type(exc).__name__}: {exc}")))
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

@@ -1,0 +1,151 @@
+"""One shard in, clips and dead letters out: the data plane's entry point for jobs.
+
+    iter_shard(url, clips, storage_options, stats) -> Iterator[Clip | DeadLetter]
+
+Accounting rules (every sample is exactly one of ok / failed; `stats` is updated in place):
+- a sample that yields at least one clip, or is merely too short for one, is ok;
+- a sample with no video member, an unreadable video or a crashed decoder is failed, with one
+  DeadLetter (stage, error_type) and `stats.failures[reason]` counted;
+- a decode error after some clips were already yielded keeps the sample ok (those clips are
+  real frames) and counts the note "decode_error_after_clips";
+- a broken JSON sidecar keeps the clips with meta None and counts the note "bad_sidecar";
+- a damaged tar stream ends the shard: a DeadLetter(stage="shard", sample_key="") and
+  `stats.shard_error` set, after the samples before the damage were processed.
+Infrastructure errors (OSError from the filesystem or network, e.g. S3 timeouts) are raised:
+the caller retries the shard. They are never turned into dead letters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.decode import VideoError
+from pipeline.isolation import DecodeWorker
+from pipeline.records import Clip, DeadLetter, Sample, ShardStats, clip_key, shard_id
+from pipeline.sources import open_url
+from pipeline.tar_stream import CorruptShard, iter_samples, video_member
+from schemas.jobspec import ClipSpec
+
+log = logging.getLogger(__name__)
+
+TEXT_SIDECARS = ("txt", "text", "caption", "cls")
+
+
+class _InProcess:
+    """Decoding in the calling process (isolate=False): for tests, benchmarks and debugging."""
+
+    restarts = 0
+
+    def cut_clips(self, key: str, data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
+        return cut_clips(data, spec)
+
+
+def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
+               isolate: bool = True) -> Iterator[Clip | DeadLetter]:
+    """Stream one shard and yield its clips and dead letters in order (see the module doc)."""
+    sid = shard_id(url)
+    seen: set[str] = set()
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(open_url(url, storage_options))
+        decoder = stack.enter_context(DecodeWorker()) if isolate else _InProcess()
+        samples = iter_samples(stream, url)
+        while True:
+            started = time.perf_counter()
+            try:
+                sample = next(samples, None)
+            except (CorruptShard, EOFError, zlib.error) as exc:
+                kind = exc.error_type if isinstance(exc, CorruptShard) else "CorruptShard"
+                stats.shard_error = f"{kind}: {exc}"
+                yield DeadLetter(url, "", "shard", kind, str(exc))
+                return
+            finally:
+                _add_seconds(stats, "read", started)
+            if sample is None:
+                return
+            yield from _sample_clips(sample, sid, clips, stats, decoder, seen)
+
+
+def _add_seconds(stats: ShardStats, stage: str, started: float) -> None:
+    # ShardStats.seconds is typed Counter[str] (int counts) but holds float seconds by design
+    stats.seconds[stage] += time.perf_counter() - started  # type: ignore[assignment]
+
+
+def _fail(sample: Sample, stats: ShardStats, stage: str, error_type: str, message: str) -> DeadLetter:
+    letter = DeadLetter(sample.source_url, sample.key, stage, error_type, message)
+    stats.samples_failed += 1
+    stats.failures[letter.reason] += 1
+    return letter
+
+
+def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
+                  seen: set[str]) -> Iterator[Clip | DeadLetter]:
+    stats.samples_total += 1
+    if sample.key in seen:
+        yield _fail(sample, stats, "read", "DuplicateKey", "the key appears twice in this shard")
+        return
+    seen.add(sample.key)
+    ext = video_member(sample)
+    if ext is None:
+        members = ", ".join(sorted(sample.members)) or "none"
+        yield _fail(sample, stats, "read", "NoVideoMember", f"no video member (members: {members})")
+        return
+    meta = _meta(sample, stats)
+    produced, done = 0, None
+    items = iter(decoder.cut_clips(sample.key, sample.members[ext], spec))
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(items, None)
+        except VideoError as exc:
+            if produced == 0:
+                yield _fail(sample, stats, exc.stage, exc.error_type, str(exc))
+                return
+            log.warning("%s %s: decode error after %d clips, keeping them: %s",
+                        sample.source_url, sample.key, produced, exc)
+            stats.notes["decode_error_after_clips"] += 1
+            break
+        finally:
+            _add_seconds(stats, "decode", started)
+        if item is None:
+            break
+        if isinstance(item, VideoDone):
+            done = item
+            continue
+        produced += 1
+        stats.clips += 1
+        stats.frames += item.frames.shape[0]
+        yield Clip(clip_key(sid, sample.key, item.index), sample.source_url, sample.key, item.index,
+                   item.start_frame, item.fps, item.frames, meta)
+    stats.samples_ok += 1
+    if done is not None:
+        stats.video_seconds += done.duration
+    if produced == 0:
+        stats.notes["too_short"] += 1
+
+
+def _meta(sample: Sample, stats: ShardStats) -> str | None:
+    """The sidecar as a JSON string: the `.json` member verbatim if it parses, else text sidecars
+    wrapped as {"txt": ...}; None when there are none or the JSON is broken (note counted)."""
+    if "json" in sample.members:
+        try:
+            text = sample.members["json"].decode("utf-8")
+            json.loads(text)
+            return text
+        except (UnicodeDecodeError, ValueError):
+            stats.notes["bad_sidecar"] += 1
+            return None
+    texts = {}
+    for ext in TEXT_SIDECARS:
+        if ext in sample.members:
+            try:
+                texts[ext] = sample.members[ext].decode("utf-8")
+            except UnicodeDecodeError:
+                stats.notes["bad_sidecar"] += 1
+    return json.dumps(texts) if texts else None
