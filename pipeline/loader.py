@@ -72,24 +72,13 @@ def _filesystem(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, 
     return fsspec.core.url_to_fs(uri, **(storage_options or {}))
 
 
-def _manifest_records(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    try:
-        from pipeline.manifest import read_manifest
-    except ImportError:  # the output side's reader has not landed yet: list the records directly
-        from schemas.manifest import MANIFEST_DIR, ManifestRecord
-
-        fs, root = _filesystem(uri, storage_options)
-        names = [p for p in fs.glob(f"{root.rstrip('/')}/{MANIFEST_DIR}/*.json") if not p.rsplit("/", 1)[-1].startswith("_")]
-        records = [ManifestRecord.from_dict(json.loads(fs.cat_file(p))) for p in names]
-        return {r.shard_id: r for r in records}
-    return read_manifest(uri, storage_options)
-
-
 def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
     """shard id -> token file path, for shards with a manifest record (the only ones trusted)."""
     base = uri.rstrip("/")
     paths = {}
-    for shard, record in _manifest_records(uri, storage_options).items():
+    from pipeline.manifest import read_manifest
+
+    for shard, record in read_manifest(uri, storage_options).items():
         if record.format != "parquet":
             raise ValueError(
                 f"{uri}: shard {shard} was written as {record.format!r}; TokenDataset reads the parquet format"

@@ -1,22 +1,20 @@
 """Build small, real job outputs for the loader tests with the output side's own writer.
 
-Token files are written by `pipeline.token_files.ParquetTokenFile` (the real schema, options and
-row grouping) and each shard gets a real `schemas.manifest.ManifestRecord`, so the loader reads
-exactly what a job writes. Ids are chosen by the test, so every id value can be checked.
+Finished shards are written and published by the output side's own `pipeline.output.ShardWriter`
+(real schema, row grouping, manifest record); an unfinished shard is a token file published
+without a record. So the loader reads exactly what a job writes. Ids are chosen by the test, so every id value can be checked.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.records import clip_key
+from pipeline.output import ShardWriter
+from pipeline.records import ShardStats, clip_key
 from pipeline.token_files import ClipInfo, ParquetTokenFile, normalise
-from schemas.manifest import ManifestRecord, OutputFile
 
 
 def clip_ids(shard: int, row: int, shape: tuple[int, int, int], vocab: int = 64_000) -> np.ndarray:
@@ -38,14 +36,11 @@ def write_output(
     `ids_for(shard, row) -> int array [t, h, w]` overrides the ids; `manifest=False` (or a list)
     leaves some shards without a record, i.e. unfinished.
     """
-    (root / "tokens").mkdir(parents=True, exist_ok=True)
-    (root / "_manifest").mkdir(parents=True, exist_ok=True)
     flags = manifest if isinstance(manifest, list) else [manifest] * len(rows_per_shard)
     keys = []
     for s, count in enumerate(rows_per_shard):
         sid = f"shard{s:03d}-0000abcd"
-        rel = f"tokens/{sid}.parquet"
-        writer = ParquetTokenFile(str(root / rel), "discrete", {})
+        writer = ShardWriter(str(root), sid, f"file:///src/{sid}.tar") if flags[s] else _BareWriter(root, sid)
         for r in range(count):
             key = clip_key(sid, f"video{r:03d}", 0)
             info = ClipInfo(
@@ -54,20 +49,25 @@ def write_output(
                 width=8 * shape[2], meta=json.dumps({"caption": f"clip {s}/{r}", "shard": s, "row": r}),
             )
             ids = ids_for(s, r) if ids_for else clip_ids(s, r, shape)
-            writer.add(info, normalise(ids, key), "test-tokenizer")
+            writer.add(info, ids, "test-tokenizer")
             if flags[s]:
                 keys.append(key)
-        writer.close()
         if flags[s]:
-            _write_record(root, sid, rel, count)
+            writer.commit(ShardStats(samples_total=count, samples_ok=count, clips=count))
+        else:
+            writer.close()
     return keys
 
 
-def _write_record(root: Path, sid: str, rel: str, rows: int) -> None:
-    size = os.path.getsize(root / rel)
-    record = ManifestRecord(
-        shard_id=sid, source_url=f"file:///src/{sid}.tar", attempt=1,
-        outputs={"tokens": OutputFile(rel, size, "sha256:unused", rows)},
-        stats={}, fingerprint="test", finished_at=time.time(), started_at=time.time(),
-    )
-    (root / "_manifest" / f"{sid}.json").write_text(json.dumps(record.to_dict()))
+class _BareWriter:
+    """A token file published under its final name without a manifest record (a crashed shard)."""
+
+    def __init__(self, root: Path, sid: str):
+        (root / "tokens").mkdir(parents=True, exist_ok=True)
+        self.file = ParquetTokenFile(str(root / "tokens" / f"{sid}.parquet"), "discrete", {})
+
+    def add(self, info: ClipInfo, ids: np.ndarray, tokenizer: str) -> None:
+        self.file.add(info, normalise(ids, info.key), tokenizer)
+
+    def close(self) -> None:
+        self.file.close()

@@ -75,7 +75,7 @@ def test_more_consumers_than_shards_splits_inside_row_groups(tmp_path):
 def test_only_shards_with_manifest_records_are_read(tmp_path):
     """A shard without a record (unfinished) and a stray temporary file are invisible."""
     keys = write_output(tmp_path, [3, 4, 2], manifest=[True, False, True])
-    (tmp_path / "tokens" / "_tmp").mkdir()
+    (tmp_path / "tokens" / "_tmp").mkdir(exist_ok=True)
     (tmp_path / "tokens" / "_tmp" / "junk.parquet").write_bytes(b"partial")
     got = keys_of(TokenDataset(str(tmp_path), seed=1))
     assert sorted(got) == sorted(keys) and len(got) == 5
