@@ -1,0 +1,151 @@
+"""Atomic publication: a killed writer leaves nothing visible, racing attempts leave one result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.manifest import plan_shards, prepare_output, read_manifest
+from pipeline.output import ShardWriter
+from pipeline.records import ShardStats, shard_id
+from tests.output_support import clip_ids, clip_info, fingerprint_for, make_spec, write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+URL = "/data/in-000001.tar"
+
+_SLOW_WRITER = textwrap.dedent("""
+    import sys, time
+    from pipeline.output import ShardWriter
+    from pipeline.records import ShardStats, shard_id
+    from tests.output_support import clip_ids, clip_info
+    out, url = sys.argv[1], sys.argv[2]
+    w = ShardWriter(out, shard_id(url), url)
+    for s in range(100000):
+        w.add(clip_info(url, s, 0), clip_ids(url, s, 0), "DV4x8x8-tiny")
+        if s == 600:  # two row groups are on disk in the temporary file by now
+            print("writing", flush=True)
+        time.sleep(0.001 if s < 600 else 0.05)
+    w.commit(ShardStats())
+""")
+
+
+def _visible_files(out: Path) -> list[str]:
+    """Files a reader would see: everything outside '_'-prefixed temporaries."""
+    seen = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        dirnames[:] = [d for d in dirnames if not d.startswith("_") or d == "_manifest"]
+        seen += [os.path.relpath(os.path.join(dirpath, f), out) for f in filenames if not f.startswith((".", "_"))]
+    return sorted(seen)
+
+
+def test_writer_killed_mid_file_leaves_no_output_and_rerun_completes(tmp_path):
+    """SIGKILL while the token file is half written: no visible file, no record; the rerun is whole."""
+    out = tmp_path / "out"
+    spec = make_spec(str(out))
+    fp = fingerprint_for(spec)
+    prepare_output(spec, fp, shards_total=1)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out), URL], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    temps = list((out / "tokens" / "_tmp").iterdir())
+    assert temps and temps[0].stat().st_size > 0  # it really was mid-file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    assert _visible_files(out) == ["job.json"]
+    assert read_manifest(str(out)) == {}
+    assert plan_shards([URL], str(out))[0] == [URL]
+
+    prepare_output(spec, fp, shards_total=1)  # the next run cleans the dead attempt's temporaries
+    assert not (out / "tokens" / "_tmp").exists()
+    record = write_shard(str(out), URL, fp, samples=4, attempt=2)
+    assert plan_shards([URL], str(out)) == ([], {shard_id(URL): record})
+    assert pq.read_table(out / record.outputs["tokens"].path).num_rows == 8
+    assert _visible_files(out) == sorted(["job.json", record.outputs["tokens"].path,
+                                          record.outputs["errors"].path, f"_manifest/{shard_id(URL)}.json"])
+
+
+def test_abort_removes_temporaries_and_publishes_nothing(tmp_path):
+    out = tmp_path / "out"
+    w = ShardWriter(str(out), shard_id(URL), URL)
+    w.add(clip_info(URL, 0, 0), clip_ids(URL, 0, 0), "tok")
+    w.abort()
+    assert _visible_files(out) == [] and not list((out / "tokens" / "_tmp").iterdir())
+
+
+def test_unrecorded_published_file_is_removed_at_next_start(tmp_path):
+    """A file published by an attempt that died before its record is invisible to plain readers next run."""
+    out = tmp_path / "out"
+    spec = make_spec(str(out))
+    fp = fingerprint_for(spec)
+    prepare_output(spec, fp, shards_total=1)
+    orphan = out / "tokens" / f"{shard_id(URL)}.parquet"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"PAR1 half of a dead attempt")
+    (out / "tokens" / "_tmp" / "x.123.parquet").parent.mkdir(parents=True, exist_ok=True)
+    (out / "tokens" / "_tmp" / "x.123.parquet").write_bytes(b"temp")
+    prepare_output(spec, fp, shards_total=1)
+    assert not orphan.exists() and not (out / "tokens" / "_tmp").exists()
+
+
+def test_second_attempt_after_a_record_discards_itself(tmp_path):
+    """First record wins: a straggler finishing later neither overwrites files nor the record."""
+    out = tmp_path / "out"
+    fp = fingerprint_for(make_spec(str(out)))
+    first = write_shard(str(out), URL, fp, samples=2, attempt=1)
+    before = (out / first.outputs["tokens"].path).read_bytes()
+    second = write_shard(str(out), URL, fp, samples=3, attempt=2)  # different content
+    assert second == first
+    assert (out / first.outputs["tokens"].path).read_bytes() == before
+    assert read_manifest(str(out))[shard_id(URL)].attempt == 1
+
+
+def test_interleaved_publish_leaves_record_and_files_agreeing(tmp_path):
+    """Both attempts publish before either records: whoever ends up recorded matches the files."""
+    out = tmp_path / "out"
+    writers = []
+    for attempt, samples in ((1, 2), (2, 3)):
+        w = ShardWriter(str(out), shard_id(URL), URL, attempt=attempt)
+        for s in range(samples):
+            w.add(clip_info(URL, s, 0), clip_ids(URL, s, 0), "tok")
+        writers.append((w, w._finish_files(ShardStats(samples_total=samples, samples_ok=samples))))
+    (a, rec_a), (b, rec_b) = writers
+    a._publish()
+    b._publish()  # replaces a's files
+    a._write_record(rec_a)  # a records first, pointing at files b replaced
+    final = b._write_record(rec_b)
+    a._cleanup()
+    b._cleanup()
+    on_disk = read_manifest(str(out))[shard_id(URL)]
+    assert on_disk == final
+    for role, f in on_disk.outputs.items():
+        assert storage.file_checksum(str(out / f.path)) == f.checksum, role
+    assert plan_shards([URL], str(out))[0] == []
+
+
+
+def test_record_creation_is_exclusive_on_s3(s3_server, s3_bucket):
+    """On S3 the record is created with If-None-Match: a second create of the same name fails."""
+    fs, root = storage.get_fs(f"s3://{s3_bucket}/out", s3_server.storage_options)
+    path = storage.join(root, "_manifest", "a.json")
+    assert storage.put_bytes(fs, path, b"first", exclusive=True)
+    assert not storage.put_bytes(fs, path, b"second", exclusive=True)
+    assert storage.read_bytes(fs, path) == b"first"
+
+
+def test_straggler_on_s3_does_not_replace_the_recorded_shard(s3_server, s3_bucket):
+    """A later attempt writing to S3 returns the standing record and leaves its files alone."""
+    out, opts = f"s3://{s3_bucket}/out", s3_server.storage_options
+    fp = fingerprint_for(make_spec(out, opts))
+    first = write_shard(out, URL, fp, samples=2, storage_options=opts)
+    assert write_shard(out, URL, fp, samples=3, storage_options=opts, attempt=2) == first
+    fs = s3_server.filesystem()
+    assert fs.size(f"{s3_bucket}/out/{first.outputs['tokens'].path}") == first.outputs["tokens"].size
+    assert fs.ls(f"{s3_bucket}/out/tokens") == [f"{s3_bucket}/out/{first.outputs['tokens'].path}"]

@@ -1,0 +1,116 @@
+"""Resume and fingerprint: finished shards are skipped, damaged ones redone, mixed jobs refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.manifest import compact_manifest, plan_shards, prepare_output, read_job_file, read_manifest
+from pipeline.records import shard_id
+from schemas.config import SpecError
+from tests.output_support import fingerprint_for, make_spec, write_shard
+
+URLS = [f"/data/in-{i:06d}.tar" for i in range(4)]
+
+
+def test_rerun_with_a_token_changing_field_is_refused_naming_it(tmp_path):
+    """A different clips.num_frames (or weights) is a SpecError naming the field; nothing rewritten."""
+    spec = make_spec(str(tmp_path / "out"))
+    prepare_output(spec, fingerprint_for(spec), shards_total=4)
+    before = (tmp_path / "out" / "job.json").read_bytes()
+    changed = make_spec(str(tmp_path / "out"), **{"clips.num_frames": 17})
+    with pytest.raises(SpecError) as err:
+        prepare_output(changed, fingerprint_for(changed), shards_total=4)
+    assert err.value.field == "clips.num_frames" and "9 -> 17" in str(err.value)
+    with pytest.raises(SpecError, match="tokenizer.weights_hash"):
+        prepare_output(spec, fingerprint_for(spec, weights_hash="other"), shards_total=4)
+    assert (tmp_path / "out" / "job.json").read_bytes() == before
+
+
+def test_rerun_may_change_fields_that_do_not_change_tokens(tmp_path):
+    """Resources, retries, batch size and name may change; job.json is updated, secrets redacted."""
+    spec = make_spec(str(tmp_path / "out"))
+    prepare_output(spec, fingerprint_for(spec), shards_total=4)
+    other = make_spec(str(tmp_path / "out"), {"key": "SECRET-KEY"}, **{
+        "resources.num_actors": 3, "retries.max_attempts": 5, "tokenizer.batch_size": 16, "name": "again"})
+    assert fingerprint_for(other) == fingerprint_for(spec)
+    prepare_output(other, fingerprint_for(other), shards_total=4)
+    job = read_job_file(str(tmp_path / "out"))
+    assert job is not None and job.spec["resources"]["num_actors"] == 3
+    assert "SECRET-KEY" not in (tmp_path / "out" / "job.json").read_text()
+
+
+def _partial_then_resume(out: str, opts=None) -> tuple[list[str], dict]:
+    spec = make_spec(out, opts)
+    fp = fingerprint_for(spec)
+    prepare_output(spec, fp, shards_total=len(URLS))
+    first = {u: write_shard(out, u, fp, storage_options=opts) for u in URLS[:2]}
+    todo, done = plan_shards(URLS, out, opts, fingerprint=fp["digest"])
+    assert todo == URLS[2:] and set(done) == {shard_id(u) for u in URLS[:2]}
+    assert done == {shard_id(u): r for u, r in first.items()}
+    for u in todo:
+        write_shard(out, u, fp, storage_options=opts)
+    return plan_shards(URLS, out, opts, fingerprint=fp["digest"])
+
+
+def test_resume_after_partial_output_on_local_disk(tmp_path):
+    """Half the shards done: the plan redoes only the rest and the output ends complete, no duplicates."""
+    out = str(tmp_path / "out")
+    todo, done = _partial_then_resume(out)
+    assert todo == [] and len(done) == 4
+    keys = pads.dataset(Path(out) / "tokens", format="parquet").to_table(columns=["key"])["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 4 * 6
+
+
+def test_resume_after_partial_output_on_s3(s3_server, s3_bucket):
+    """The same resume against the real S3 endpoint, through storage options only."""
+    out = f"s3://{s3_bucket}/job/out"
+    todo, done = _partial_then_resume(out, s3_server.storage_options)
+    assert todo == [] and len(done) == 4
+    fs = s3_server.filesystem()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/job/out/tokens"))
+    assert names == sorted(f"{shard_id(u)}.parquet" for u in URLS)
+    dataset = pads.dataset(f"{s3_bucket}/job/out/tokens", filesystem=fs, format="parquet")
+    assert dataset.count_rows() == 4 * 6
+
+
+def test_damaged_or_missing_outputs_are_redone(tmp_path):
+    """A record whose file is gone, or has another size, does not count as done."""
+    out = tmp_path / "out"
+    spec = make_spec(str(out))
+    fp = fingerprint_for(spec)
+    records = {u: write_shard(str(out), u, fp) for u in URLS[:3]}
+    (out / records[URLS[0]].outputs["tokens"].path).unlink()
+    with open(out / records[URLS[1]].outputs["errors"].path, "ab") as f:
+        f.write(b"junk")
+    todo, done = plan_shards(URLS, str(out))
+    assert todo == [URLS[0], URLS[1], URLS[3]] and list(done) == [shard_id(URLS[2])]
+
+
+def test_records_of_another_fingerprint_are_not_done(tmp_path):
+    out = str(tmp_path / "out")
+    spec = make_spec(out)
+    write_shard(out, URLS[0], fingerprint_for(spec, weights_hash="old"))
+    assert plan_shards(URLS[:1], out, fingerprint=fingerprint_for(spec)["digest"])[0] == URLS[:1]
+
+
+def test_manifest_index_is_a_cache_the_listing_overrules(tmp_path):
+    """After compaction, reads use the index; new records are seen, deleted ones are dropped."""
+    out = tmp_path / "out"
+    fp = fingerprint_for(make_spec(str(out)))
+    for u in URLS[:3]:
+        write_shard(str(out), u, fp)
+    assert compact_manifest(str(out)) == 3
+    assert (out / "_manifest" / "_index.jsonl.gz").exists()
+    (out / "_manifest" / f"{shard_id(URLS[0])}.json").unlink()  # an operator forces a redo
+    write_shard(str(out), URLS[3], fp)
+    assert set(read_manifest(str(out))) == {shard_id(u) for u in URLS[1:]}
+    # the index's copy is trusted only while the listed record has the same size
+    path = out / "_manifest" / f"{shard_id(URLS[1])}.json"
+    data = json.loads(path.read_text())
+    data["attempt"] = 12345
+    path.write_text(json.dumps(data))
+    assert read_manifest(str(out))[shard_id(URLS[1])].attempt == 12345
