@@ -1,0 +1,107 @@
+"""Where things run: connecting to Ray, sizing the actor pool and the shard tasks, starting actors.
+
+- Tokenizer actors: `resources.num_actors` (auto = one per GPU in the cluster, or 1 on a
+  CPU-only cluster), each with `gpus_per_actor` GPUs (auto = 1 where GPUs exist, else 0) and a
+  fractional CPU, so shard tasks are never starved of CPU by actors that mostly wait on a GPU.
+- Shard tasks: `resources.decode_workers` in flight (auto = the cluster's CPUs not reserved by
+  actors, rounded up); each asks Ray for a fraction of a CPU, so Ray never refuses to place one
+  because actors hold the whole CPUs (the hang described in FIELD-NOTES).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.actors import ActorSettings, tokenizer_actor_class
+from schemas.jobspec import JobSpec
+
+log = logging.getLogger(__name__)
+
+SHARD_TASK_CPUS = 0.25
+NAMESPACE = "tokenmill"
+
+
+@dataclass(frozen=True)
+class Placement:
+    num_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    decode_workers: int
+    torch_threads: int
+    cluster_cpus: float
+    cluster_gpus: float
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address`, or start an embedded local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+        return False
+    # an embedded Ray must not silently join some other cluster through RAY_ADDRESS: the CLI
+    # already turned RAY_ADDRESS into `address` when the user meant it
+    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def plan_placement(spec: JobSpec) -> Placement:
+    """Resolve the `auto` resource settings against the connected cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+    r = spec.resources
+    gpus_per_actor = (1.0 if gpus >= 1 else 0.0) if r.gpus_per_actor == "auto" else float(r.gpus_per_actor)
+    if r.num_actors != "auto":
+        num_actors = int(r.num_actors)
+    elif gpus_per_actor > 0:
+        num_actors = max(1, int(gpus // gpus_per_actor))
+    else:
+        num_actors = 1
+    if gpus_per_actor > 0 and num_actors * gpus_per_actor > gpus:
+        log.warning("%d actors x %.2f GPUs exceed the cluster's %.0f GPUs: some actors wait for GPUs "
+                    "(an autoscaler may add them)", num_actors, gpus_per_actor, gpus)
+    spare = max(1.0, cpus - num_actors * r.cpus_per_actor)
+    decode = math.ceil(spare) if r.decode_workers == "auto" else int(r.decode_workers)
+    # CPU actors: a fair share of one node's cores for torch's intra-op threads
+    node_cpus = max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)))
+    threads = max(1, node_cpus // num_actors) if gpus_per_actor == 0 else 1
+    return Placement(num_actors, gpus_per_actor, r.cpus_per_actor, max(1, decode), threads, cpus, gpus)
+
+
+def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
+    tok = spec.tokenizer
+    device = tok.device
+    if device == "auto":
+        device = "cuda" if placement.gpus_per_actor > 0 else "cpu"
+    return ActorSettings(
+        name=tok.checkpoint or tok.name,
+        init=tok.init,
+        dtype=tok.dtype,
+        device="auto" if device == "cuda" else device,  # fake-GPU test clusters have no CUDA
+        num_gpus=placement.gpus_per_actor,
+        num_cpus=placement.cpus_per_actor,
+        torch_threads=placement.torch_threads,
+    )
+
+
+def start_actors(settings: ActorSettings, count: int, job_tag: str) -> list[Any]:
+    """Start `count` named tokenizer actors (names let operators and tests find them)."""
+    cls = tokenizer_actor_class(settings)
+    return [cls.options(name=f"tokenizer-{job_tag}-{i}", namespace=NAMESPACE).remote(settings) for i in range(count)]
+
+
+def actor_nodes(actors: list[Any], timeout: float = 600.0) -> list[str | None]:
+    """Wait until every actor has loaded its model; returns the node each one runs on."""
+    import ray
+
+    stats = ray.get([a.stats.remote() for a in actors], timeout=timeout)
+    return [s["node_id"] for s in stats]

@@ -1,0 +1,137 @@
+"""Live progress on the driver: a tqdm bar on a terminal, and Ray metrics for dashboards.
+
+Finished shards, clips and tokens come from the manifest records the dispatcher collects;
+in-flight rates (frames/s, tokens/s) come from the tokenizer actors' own counters, polled
+without blocking (each actor answers `stats` from a separate concurrency group). The same
+figures are exported as Ray metrics (Prometheus, via the Ray metrics agent), so a cluster
+dashboard shows them without a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from jobs.dispatch import DispatchResult
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0
+
+
+def _record_stats(record: Any) -> dict[str, Any]:
+    stats = getattr(record, "stats", None)
+    if stats is None and isinstance(record, dict):
+        stats = record.get("stats")
+    if stats is None:
+        return {}
+    return stats if isinstance(stats, dict) else stats.to_dict()
+
+
+class _Metrics:
+    def __init__(self, job: str):
+        from ray.util.metrics import Gauge
+
+        tags = {"job": job}
+        names = ("shards_done", "shards_total", "shards_quarantined", "shards_running", "clips_written",
+                 "tokens_written", "frames_per_second", "tokens_per_second", "actor_busy_fraction")
+        self.gauges = {}
+        for name in names:
+            gauge = Gauge(f"tokenmill_{name}", f"tokenmill job {name.replace('_', ' ')}", tag_keys=("job",))
+            gauge.set_default_tags(tags)
+            self.gauges[name] = gauge
+
+    def set(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if name in self.gauges:
+                self.gauges[name].set(float(value))
+
+
+class Progress:
+    """Call `tick(result, running)` often; it redraws and polls at most every POLL_S seconds."""
+
+    def __init__(self, job: str, shards_total: int, shards_done: int, actors: list[Any], show_bar: bool):
+        self.actors = actors
+        self.shards_total = shards_total
+        self.done_before = shards_done
+        self.started = time.monotonic()
+        self.last_poll = 0.0
+        self.actor_stats: list[dict[str, Any]] = [{} for _ in actors]
+        self._poll_refs: list[Any] = []
+        self.bar = None
+        if show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=shards_total, initial=shards_done, unit="shard", desc=job, dynamic_ncols=True)
+        try:
+            self.metrics: _Metrics | None = _Metrics(job)
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort, never fail a job
+            log.debug("Ray metrics unavailable: %s", exc)
+            self.metrics = None
+
+    def _poll_actors(self) -> None:
+        import ray
+
+        if self._poll_refs:
+            ready, _ = ray.wait(self._poll_refs, num_returns=len(self._poll_refs), timeout=0)
+            if len(ready) < len(self._poll_refs):
+                return  # an actor is restarting; keep the last answers
+            for i, ref in enumerate(self._poll_refs):
+                try:
+                    self.actor_stats[i] = ray.get(ref)
+                except Exception:  # noqa: BLE001 - a dead actor keeps its last stats
+                    pass
+        self._poll_refs = [a.stats.remote() for a in self.actors]
+
+    def figures(self, result: DispatchResult, running: int) -> dict[str, float]:
+        stats = [_record_stats(r) for r in result.records.values()]
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        frames = sum(s.get("frames", 0) for s in self.actor_stats)
+        tokens = sum(s.get("tokens", 0) for s in self.actor_stats)
+        busy = [s.get("busy_fraction", 0.0) for s in self.actor_stats if s]
+        return {
+            "shards_done": self.done_before + len(result.records),
+            "shards_total": self.shards_total,
+            "shards_quarantined": len(result.quarantined),
+            "shards_running": running,
+            "clips_written": sum(s.get("clips", 0) for s in stats),
+            "tokens_written": sum(s.get("tokens", 0) for s in stats),
+            "frames_per_second": frames / elapsed,
+            "tokens_per_second": tokens / elapsed,
+            "actor_busy_fraction": sum(busy) / len(busy) if busy else 0.0,
+            "retries": result.retries,
+        }
+
+    def tick(self, result: DispatchResult, running: int) -> None:
+        now = time.monotonic()
+        if now - self.last_poll < POLL_S:
+            return
+        self.last_poll = now
+        self._poll_actors()
+        fig = self.figures(result, running)
+        if self.metrics is not None:
+            self.metrics.set(fig)
+        if self.bar is not None:
+            self.bar.n = int(fig["shards_done"] + fig["shards_quarantined"])
+            self.bar.set_postfix_str(
+                f"clips={int(fig['clips_written'])} {fig['frames_per_second']:.1f} frames/s "
+                f"{fig['tokens_per_second']:.0f} tok/s busy={fig['actor_busy_fraction']:.0%} "
+                f"fail={int(fig['shards_quarantined'])} retry={int(fig['retries'])}",
+                refresh=True,
+            )
+
+    def final_actor_stats(self) -> list[dict[str, Any]]:
+        """Last counters of every actor (blocking briefly), for the summary."""
+        import ray
+
+        for i, actor in enumerate(self.actors):
+            try:
+                self.actor_stats[i] = ray.get(actor.stats.remote(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
+                log.debug("actor %d gave no final stats: %s", i, exc)
+        return [dict(s, actor=i) for i, s in enumerate(self.actor_stats)]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,202 @@
+"""`tokenmill run JOB.yaml`: plan, dispatch shards to Ray, summarise.
+
+    load + validate the spec (exit 2, nothing written, on any error)
+    -> tokenizer config + weights hash (on the driver, CPU) -> clip shape check -> fingerprint
+    -> job.json (refuses a mismatching resume) -> plan: shard URLs minus verified manifest records
+    -> Ray (embedded, or the cluster at --address / RAY_ADDRESS) -> tokenizer actors
+    -> ShardDispatcher hands shards to shard tasks -> summary.json -> exit 0, or 1 if any shard
+       failed permanently
+
+Nothing here depends on driver memory surviving: the manifest is the truth, so a killed driver
+loses only time and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.config import SpecError
+from schemas.jobspec import JobSpec, load_job_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    did_work: bool = True
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    config: dict[str, Any]
+    weights_hash: str
+    name: str
+    discrete: bool
+    spatial: int
+    temporal: int
+
+
+def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
+    """Load the tokenizer once on the driver (CPU) for its config and weights hash."""
+    from jobs.actors import load_tokenizer
+
+    tok_spec = spec.tokenizer
+    try:
+        tok = load_tokenizer(tok_spec.checkpoint or tok_spec.name, tok_spec.init, "cpu", "float32")
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        field_name = "tokenizer.checkpoint" if tok_spec.checkpoint else "tokenizer.name"
+        raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
+    cfg = tok.config
+    return TokenizerInfo(cfg.to_dict(), tok.weights_hash, cfg.name, bool(cfg.discrete),
+                         int(cfg.spatial_compression), int(cfg.temporal_compression))
+
+
+def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
+    """Clips must fit the tokenizer's grid: T = 1 + k*t, H and W multiples of the spatial factor."""
+    n, t = spec.clips.num_frames, info.temporal
+    if (n - 1) % t != 0:
+        raise SpecError("clips.num_frames", f"must be 1 + k*{t} for tokenizer {info.name} "
+                                            f"(e.g. {1 + t}, {1 + 2 * t}, {1 + 4 * t}), got {n}")
+    h, w = spec.clips.resolution
+    s = info.spatial
+    if h % s or w % s:
+        raise SpecError("clips.resolution", f"[{h}, {w}] must be multiples of {s}, the spatial "
+                                            f"compression of tokenizer {info.name}")
+
+
+def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any]) -> Any:
+    from jobs.shard_task import ShardJob
+    from pipeline.manifest import token_file_metadata
+
+    return ShardJob(
+        output_uri=spec.output.uri,
+        fmt=spec.output.format,
+        output_storage_options=dict(spec.output.storage_options),
+        input_storage_options=dict(spec.input.storage_options),
+        clips=spec.clips,
+        tokenizer_name=info.name,
+        batch_size=spec.tokenizer.batch_size,
+        max_batches_in_flight=spec.resources.max_batches_in_flight,
+        file_metadata=token_file_metadata(fingerprint, info.config, info.weights_hash),
+    )
+
+
+def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[str],
+              shards_total: int, shards_done: int, show_progress: bool) -> tuple[Any, list[dict], dict]:
+    """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement)."""
+    import ray
+
+    from jobs import placement as pl
+    from jobs.dispatch import ShardDispatcher
+    from jobs.progress import Progress
+    from jobs.shard_task import run_shard
+
+    place = pl.plan_placement(spec)
+    settings = pl.actor_settings(spec, place)
+    actors = pl.start_actors(settings, place.num_actors, f"{spec.name}-{uuid.uuid4().hex[:6]}")
+    nodes = pl.actor_nodes(actors)
+    job = _shard_job(spec, info, fingerprint)
+    task = ray.remote(run_shard).options(num_cpus=pl.SHARD_TASK_CPUS, max_retries=0)
+    progress = Progress(spec.name, shards_total, shards_done, actors, show_progress)
+    dispatcher = ShardDispatcher(
+        lambda url, launch: task.remote(job, url, launch, actors, nodes),
+        max_in_flight=min(place.decode_workers, max(1, len(todo))),
+        max_attempts=spec.retries.max_attempts,
+        on_tick=progress.tick,
+    )
+    try:
+        result = dispatcher.run(todo)
+        actor_stats = progress.final_actor_stats()
+    finally:
+        progress.close()
+        for actor in actors:
+            ray.kill(actor)
+    return result, actor_stats, {"placement": place.__dict__}
+
+
+def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
+               extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
+    """summary.json from the manifest (the truth), not from driver memory."""
+    from pipeline.manifest import build_summary, read_manifest, write_summary
+    from pipeline.records import shard_id
+
+    wanted = {shard_id(u) for u in urls}
+    records = {k: r for k, r in read_manifest(spec.output.uri, spec.output.storage_options).items() if k in wanted}
+    timings = {"wall_seconds": time.time() - started}
+    summary = build_summary(records, quarantined, timings, shards_total=len(urls), started_at=started,
+                            status=status)
+    summary.update(extra)
+    write_summary(spec.output.uri, summary, storage_options=spec.output.storage_options)
+    return summary
+
+
+def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False) -> RunOutcome:
+    """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job."""
+    from pipeline.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
+    from pipeline.sources import expand_shards
+
+    started = time.time()
+    info = probe_tokenizer(spec)
+    check_clip_shape(spec, info)
+    urls = expand_shards(spec.input.shards, spec.input.storage_options)
+    fingerprint = job_fingerprint(spec, info.config, info.weights_hash)
+    prepare_output(spec, fingerprint, len(urls))
+    todo, done = plan_shards(urls, spec.output.uri, spec.output.storage_options,
+                             fingerprint=fingerprint_digest(fingerprint))
+    if not todo:
+        print(f"nothing to do: all {len(urls)} shards in {spec.output.uri} are already done", file=sys.stderr)
+        summary = _summarise(spec, urls, [], started, {"resumed": True, "shards_run": 0})
+        return RunOutcome(_exit_code(summary), summary, did_work=False)
+    if done:
+        print(f"resuming: {len(done)} of {len(urls)} shards already done, {len(todo)} to go", file=sys.stderr)
+    from jobs import placement as pl
+
+    started_ray = pl.connect(address)
+    try:
+        result, actor_stats, extra = _dispatch(spec, info, fingerprint, todo, len(urls), len(done), show_progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    extra.update({"actors": actor_stats, "retries": result.retries, "speculative_runs": result.speculative,
+                  "shards_run": len(result.records), "resumed": bool(done)})
+    summary = _summarise(spec, urls, result.quarantined, started, extra)
+    return RunOutcome(_exit_code(summary), summary)
+
+
+def _exit_code(summary: dict[str, Any]) -> int:
+    return 1 if summary.get("shards_failed", 0) or summary.get("quarantined") else 0
+
+
+def _report(spec: JobSpec, outcome: RunOutcome) -> None:
+    s = outcome.summary
+    print(f"tokens: {spec.output.uri.rstrip('/')}/tokens/")
+    print(
+        f"summary: shards {s.get('shards_done', 0)}/{s.get('shards_total', 0)} done, "
+        f"{s.get('shards_failed', 0)} failed; samples {s.get('samples_ok', 0)} ok, "
+        f"{s.get('samples_failed', 0)} failed; clips_written={s.get('clips_written', 0)} "
+        f"tokens_written={s.get('tokens_written', 0)}"
+    )
+    for q in s.get("quarantined", []) or []:
+        print(f"tokenmill run: shard {q.get('source_url')} failed permanently: {q.get('reason')}", file=sys.stderr)
+    if outcome.exit_code == 1:
+        print(f"tokenmill run: some shards failed; see {spec.output.uri.rstrip('/')}/summary.json", file=sys.stderr)
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    spec = load_job_spec(args.spec, args.overrides)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    outcome = run_job(spec, address=address, show_progress=show)
+    _report(spec, outcome)
+    return outcome.exit_code
