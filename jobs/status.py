@@ -1,0 +1,129 @@
+"""`tokenmill status OUTPUT [--json]`: progress of a job, read only from its output location.
+
+Works from any machine that can read OUTPUT, while the job runs or after: shards total from
+`job.json`, finished shards and totals from the manifest records, rate and ETA from the
+records' finish times during the current run, final state from `summary.json` if the latest
+run has written one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from schemas.config import SpecError
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """`K=V` flags -> fsspec options. Values are JSON where they parse (numbers, true), else text;
+    dotted keys nest (`client_kwargs.region_name=eu-west-1`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SpecError("--storage-option", f"expected KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return options
+
+
+def _read_summary(output_uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    from pipeline import storage
+    from schemas.manifest import SUMMARY_FILE
+
+    fs, root = storage.get_fs(output_uri, storage_options)
+    path = storage.join(root, SUMMARY_FILE)
+    if not storage.exists(fs, path):
+        return None
+    return dict(json.loads(storage.read_bytes(fs, path)))
+
+
+def _rates(finish_times: list[float], clips: list[int]) -> tuple[float | None, float | None]:
+    """(shards/s, clips/s) between the first and last record finished in this run."""
+    if len(finish_times) < 2:
+        return None, None
+    span = max(finish_times) - min(finish_times)
+    if span <= 0:
+        return None, None
+    # the first record marks the start of the window, so its own shard is not in the rate
+    order = sorted(range(len(finish_times)), key=finish_times.__getitem__)
+    return (len(order) - 1) / span, sum(clips[i] for i in order[1:]) / span
+
+
+def output_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Status of the job writing to `output_uri` as one JSON-able dict."""
+    from pipeline.manifest import build_summary, read_job_file, read_manifest
+
+    opts = storage_options or {}
+    job = read_job_file(output_uri, opts)
+    if job is None:
+        raise SpecError("OUTPUT", f"{output_uri} has no job.json: not a tokenmill output (or not started)")
+    records = read_manifest(output_uri, opts)
+    summary = _read_summary(output_uri, opts)
+    finished = summary is not None and summary.get("written_at", 0) >= job.updated_at
+    quarantined = summary.get("quarantined", []) if finished and summary else []
+    totals = build_summary(records, quarantined, {}, job.shards_total)
+    this_run = [r for r in records.values() if r.finished_at >= job.updated_at]
+    shard_rate, clip_rate = _rates([r.finished_at for r in this_run], [int(r.stats.get("clips", 0)) for r in this_run])
+    pending = totals["shards_pending"]
+    return {
+        "output": output_uri,
+        "name": job.spec.get("name"),
+        # without a summary newer than job.json the latest run has not ended (or died without one)
+        "state": (summary or {}).get("status", "finished") if finished else "running",
+        "fingerprint": str(job.fingerprint.get("digest", ""))[:12],
+        **{k: totals[k] for k in ("shards_total", "shards_done", "shards_failed", "shards_pending",
+                                  "samples_total", "samples_ok", "samples_failed", "clips_written",
+                                  "tokens_written", "failures_by_reason")},
+        "shards_per_s": shard_rate,
+        "clips_per_s": clip_rate,
+        "eta_seconds": pending / shard_rate if shard_rate and pending and not finished else None,
+        "last_record_at": max((r.finished_at for r in records.values()), default=None),
+        "run_started_at": job.updated_at,
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable lines of an `output_status` dict."""
+    rate = status["shards_per_s"]
+    ago = time.time() - status["last_record_at"] if status["last_record_at"] else None
+    lines = [
+        f"job {status['name']!r} -> {status['output']}  [{status['state']}]  fingerprint {status['fingerprint']}",
+        f"shards   {status['shards_done']}/{status['shards_total']} done, {status['shards_failed']} failed, "
+        f"{status['shards_pending']} pending",
+        f"samples  {status['samples_ok']} ok, {status['samples_failed']} failed (of {status['samples_total']})",
+        f"written  {status['clips_written']} clips, {status['tokens_written']} tokens",
+        f"rate     {rate * 60:.2f} shards/min, {status['clips_per_s']:.2f} clips/s" if rate else "rate     -",
+        f"eta      {_duration(status['eta_seconds'])}    last shard finished {_duration(ago)} ago",
+    ]
+    for reason, count in sorted(status["failures_by_reason"].items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"  failed {count:6d}  {reason}")
+    return "\n".join(lines)
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    status = output_status(args.output, parse_storage_options(args.storage_options))
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+    else:
+        print(format_status(status))
+    sys.stdout.flush()
+    return 0
