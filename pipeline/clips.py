@@ -61,9 +61,14 @@ class ClipPlan:
 
     def wanted_sources(self) -> Iterator[int]:
         """Increasing, unique source indices of every frame some clip needs (lazy, may be endless)."""
+        limit = self.expected_clips()
+        if limit == 0:  # too short for a clip: decode one frame only, to tell "short" from "broken"
+            yield 0
+            return
+        limit = self.max_clips if limit is None else limit
         last = -1
         j = 0
-        while self.max_clips is None or j < self.max_clips * self.stride + self.num_frames:
+        while limit is None or j < (limit - 1) * self.stride + self.num_frames:
             if not self.clips_of(j):
                 j = (j // self.stride + 1) * self.stride  # jump the gap to the next clip start
                 continue

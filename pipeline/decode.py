@@ -86,7 +86,7 @@ def probe(data: bytes) -> VideoInfo:
             stream = container.streams.video[0]
             ctx = stream.codec_context
             if ctx is None or not ctx.name:
-                raise VideoError("decode", "UnsupportedCodec", f"no decoder for codec tag {stream.codec_tag!r}")
+                raise VideoError("decode", "UnsupportedCodec", "no decoder knows the video stream's codec")
             width, height = ctx.width, ctx.height
             fps = _frame_rate(stream)
             frames = stream.frames or None

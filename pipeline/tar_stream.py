@@ -93,14 +93,15 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if size > MAX_MEMBER_BYTES:
             raise CorruptShard("CorruptShard", f"tar member claims {size} bytes")
         kind = header[156:157]
-        data = _read_exact(stream, size, f"member {_name(header)!r}")
+        name = long_name or _name(header)
+        data = _read_exact(stream, size, f"member {name!r}")
         _read_exact(stream, -size % BLOCK, "tar padding")
         if kind == b"L":  # GNU long name for the next member
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
         elif kind == b"x":  # pax extended header for the next member
             long_name = _pax_path(data) or long_name
         elif kind in (b"0", b"\0", b"7"):
-            yield (long_name or _name(header)), data
+            yield name, data
             long_name = None
         else:  # directories, links, global pax headers: nothing to read
             long_name = None
@@ -118,11 +119,22 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def iter_samples(stream: BinaryIO, url: str) -> Iterator[Sample]:
-    """Group consecutive members by key into Samples. Raises CorruptShard at damage; the sample
-    being assembled when the damage is found is dropped with it (it may be incomplete)."""
+    """Group consecutive members by key into Samples. Raises CorruptShard at damage, after
+    yielding the sample being assembled with the members that were read whole."""
     current: Sample | None = None
-    for name, data in iter_members(stream):
-        parts = split_name(name)
+    members = iter_members(stream)
+    while True:
+        try:
+            item = next(members, None)
+        except CorruptShard:
+            # the sample being assembled goes on with the members read whole (if its video was
+            # the damaged member it becomes a NoVideoMember dead letter): nothing seen is lost
+            if current is not None:
+                yield current
+            raise
+        if item is None:
+            break
+        parts = split_name(item[0])
         if parts is None:
             continue
         key, ext = parts
@@ -131,7 +143,7 @@ def iter_samples(stream: BinaryIO, url: str) -> Iterator[Sample]:
             current = None
         if current is None:
             current = Sample(key=key, source_url=url, members={})
-        current.members[ext] = data
+        current.members[ext] = item[1]
     if current is not None:
         yield current
 
