@@ -30,7 +30,7 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +88,18 @@ def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[s
     return paths
 
 
-def discover(uri: str, storage_options: dict[str, Any] | None = None) -> list[TokenFile]:
-    """The token files of a job output, sorted by shard id, with their row-group sizes."""
+def discover(
+    uri: str, storage_options: dict[str, Any] | None = None, shards: Sequence[str] | None = None
+) -> list[TokenFile]:
+    """The token files of a job output (or of the listed shard ids), sorted by shard id."""
     paths = _manifest_shards(uri, storage_options)
     if not paths:
         raise FileNotFoundError(f"{uri}: no finished shards (no records under _manifest/)")
+    if shards is not None:
+        missing = sorted(set(shards) - set(paths))
+        if missing:
+            raise KeyError(f"{uri}: no finished shard with id {', '.join(missing)}")
+        paths = {s: paths[s] for s in shards}
     fs, _ = _filesystem(uri, storage_options)
 
     def footer(shard: str) -> TokenFile:
@@ -107,6 +114,11 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None) -> list[To
         return list(pool.map(footer, sorted(paths)))
 
 
+def shard_ids(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Ids of the finished shards of a job output, sorted."""
+    return sorted(_manifest_shards(uri, storage_options))
+
+
 def fingerprint(files: list[TokenFile]) -> str:
     """Identity of a dataset's contents: shard ids and row layout (not where it is stored)."""
     text = json.dumps([[f.shard_id, list(f.rows_per_group)] for f in files])
@@ -114,7 +126,11 @@ def fingerprint(files: list[TokenFile]) -> str:
 
 
 class TokenDataset(IterableDataset):
-    """Items of a tokenmill output (dicts; see `pipeline.loader_rows`), split over ranks and workers."""
+    """Items of a tokenmill output (dicts; see `pipeline.loader_rows`), split over ranks and workers.
+
+    `shards` restricts the dataset to those shard ids (e.g. a held-out split); `shard_ids(uri)`
+    lists the finished ones.
+    """
 
     def __init__(
         self,
@@ -126,6 +142,7 @@ class TokenDataset(IterableDataset):
         shuffle_buffer: int = 256,
         storage_options: dict[str, Any] | None = None,
         epoch: int = 0,
+        shards: Sequence[str] | None = None,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
@@ -134,7 +151,7 @@ class TokenDataset(IterableDataset):
         self.uri, self.storage_options = uri, storage_options
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.shuffle_buffer, self.epoch = shuffle, shuffle_buffer, epoch
-        self.files = discover(uri, storage_options)
+        self.files = discover(uri, storage_options, shards)
         self.units = [
             Unit(f, g, n) for f, tf in enumerate(self.files) for g, n in enumerate(tf.rows_per_group) if n
         ]

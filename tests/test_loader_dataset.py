@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pipeline.token_files as token_files
-from pipeline.loader import IncompatibleStateError, TokenDataset, TokenLoader
+from pipeline.loader import IncompatibleStateError, TokenDataset, TokenLoader, shard_ids
 from tests.loader_support import clip_ids, write_output
 
 UNEVEN = [5, 7, 2]  # 14 clips over 3 shards: divides evenly by neither 2 ranks nor 4 consumers
@@ -79,6 +79,16 @@ def test_only_shards_with_manifest_records_are_read(tmp_path):
     (tmp_path / "tokens" / "_tmp" / "junk.parquet").write_bytes(b"partial")
     got = keys_of(TokenDataset(str(tmp_path), seed=1))
     assert sorted(got) == sorted(keys) and len(got) == 5
+
+
+def test_shard_selection_reads_only_those_shards(output):
+    """`shards=` restricts the dataset (e.g. a held-out split); an unknown id is an error naming it."""
+    root, keys = output
+    chosen = shard_ids(str(root))[1:]
+    got = keys_of(TokenDataset(str(root), shards=chosen))
+    assert sorted(got) == sorted(k for k in keys if k.split(".")[0] in chosen) and len(got) == 9
+    with pytest.raises(KeyError, match="nope"):
+        TokenDataset(str(root), shards=["nope"])
 
 
 def test_order_is_a_function_of_seed_and_epoch(output):
