@@ -1,0 +1,92 @@
+"""tokenmill checkpoints: save -> load round trips, weights_only format, dtype casts, bundled lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import tokenizer_core as tc
+from tokenizer_core import loading
+
+torch.set_num_threads(1)
+
+
+def _video(t: int = 9) -> torch.Tensor:
+    return torch.rand(1, 3, t, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> None:
+    tok = tc.from_pretrained("CV4x8x8-tiny", init="random")
+    path = tc.save_checkpoint(tok, tmp_path / "ck.pt", extra={"step": 7, "note": "x"})
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "tokenmill-tokenizer" and payload["version"] == 1
+    assert payload["config"]["name"] == "CV4x8x8-tiny" and payload["config"]["latent_channels"] == 16
+    assert payload["extra"] == {"step": 7, "note": "x"}
+    assert set(payload["state_dict"]) == set(tok.state_dict())
+    assert "encoder.conv_in.0.conv3d.weight" in payload["state_dict"]
+
+
+def test_round_trip_keeps_weights_hash_and_outputs(tmp_path: Path) -> None:
+    tok = tc.from_pretrained("CV8x8x8-tiny", init="random")
+    with torch.no_grad():  # make the weights differ from the seeded init
+        for p in tok.parameters():
+            p.add_(0.01)
+    path = tc.save_checkpoint(tok, tmp_path / "trained.pt")
+    back = tc.from_pretrained(path)
+    assert back.weights_hash == tok.weights_hash
+    assert back.config == tok.config
+    assert torch.equal(back.encode(_video()), tok.encode(_video()))
+    config, state, extra = tc.load_checkpoint(path)
+    assert config == tok.config and extra == {}
+    assert tc.state_dict_hash(state) == tok.weights_hash
+
+
+def test_fp16_checkpoint_loads_cast_to_requested_dtype(tmp_path: Path) -> None:
+    tok = tc.from_pretrained("DV4x8x8-tiny", init="random").half()
+    path = tc.save_checkpoint(tok, tmp_path / "half.pt")
+    back = tc.from_pretrained(path, dtype="float32")
+    assert back.dtype == torch.float32
+    for (name, a), (_, b) in zip(tok.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a.float(), b), name
+
+
+def test_checkpoint_for_a_named_preset_must_match_its_architecture(tmp_path: Path) -> None:
+    path = tc.save_checkpoint(tc.from_pretrained("DV4x8x8-tiny", init="random"), tmp_path / "dv.pt")
+    assert tc.from_pretrained("DV4x8x8", checkpoint=path).config.name == "DV4x8x8-tiny"
+    with pytest.raises(ValueError, match="not CV8x8x8"):
+        tc.from_pretrained("CV8x8x8", checkpoint=path)
+
+
+def test_wrong_weights_are_refused_with_key_names(tmp_path: Path) -> None:
+    tok = tc.from_pretrained("DV4x8x8-tiny", init="random")
+    payload = {"format": "tokenmill-tokenizer", "version": 1, "config": tok.config.to_dict(),
+               "state_dict": {k: v for k, v in tok.state_dict().items() if "quant_conv" not in k}, "extra": {}}
+    payload["state_dict"]["encoder.extra.weight"] = torch.zeros(1)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="missing keys.*quant_conv.*unexpected keys.*encoder.extra.weight"):
+        tc.from_pretrained(tmp_path / "bad.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a tokenmill tokenizer checkpoint"):
+        tc.from_pretrained(tmp_path / "other.pt")
+
+
+def test_bundled_name_and_folder_with_model_pt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = tc.from_pretrained("DI8x8-tiny", init="random")
+    tc.save_checkpoint(tok, tmp_path / "bundled" / "my-model" / "model.pt")
+    monkeypatch.setattr(loading, "bundled_dir", lambda: tmp_path / "bundled")
+    assert tc.from_pretrained("my-model").weights_hash == tok.weights_hash
+    assert tc.from_pretrained(tmp_path / "bundled" / "my-model").weights_hash == tok.weights_hash
+
+
+def test_config_dict_round_trip_and_unknown_keys() -> None:
+    cfg = tc.preset_config("DV8x16x16")
+    data = cfg.to_dict()
+    assert data["vocab_size"] == 64000 and data["discrete"] is True
+    assert tc.TokenizerConfig.from_dict(data) == cfg
+    with pytest.raises(ValueError, match="unknown keys"):
+        tc.TokenizerConfig.from_dict({**data, "bogus": 1})
+    assert tc.preset_config("CV8x8x8").vocab_size is None
+    with pytest.raises(KeyError, match="known presets"):
+        tc.preset_config("XV1x1")

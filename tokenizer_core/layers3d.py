@@ -1,0 +1,265 @@
+"""Causal 3D building blocks of the Cosmos-style video tokenizer.
+
+Shapes: x [B, C, T, H, W] throughout. Module and parameter names follow NVIDIA's Cosmos Tokenizer
+(`cosmos_tokenizer/modules/layers3d.py`) so that official state dicts load unchanged:
+`CausalConv3d.conv3d`, `*.norm` (GroupNorm), factorized convs as `Sequential` indices `.0`
+(1x3x3 spatial) and `.1` (3x1x1 temporal), attention `q/k/v/proj_out`, samplers `conv1..3`.
+
+Causality: every temporal operator only looks back. The front of the clip is padded by repeating
+its first frame, norms are per frame, temporal attention is lower-triangular. That makes a
+streaming mode possible: a module whose `_stream` attribute is a dict keeps the frames it has not
+consumed yet (and attention keys/values) there, so that a video fed chunk by chunk gives the same
+result as one pass over the whole video (see `tokenizer_core/streaming.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _as3(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return value if isinstance(value, tuple) else (value, value, value)
+
+
+def stream_window(state: dict, x: torch.Tensor, kernel: int, stride: int, front_pad: int) -> torch.Tensor:
+    """Frames a temporal window op (kernel, stride) can consume now, carrying the rest to the next call.
+
+    On the first call the stream starts with `front_pad` copies of frame 0 (the causal padding).
+    x: [B, C, T, H, W] -> [B, C, T_used, H, W]; `state["tail"]` keeps the unconsumed frames.
+    """
+    tail = state.get("tail")
+    if tail is None:
+        tail = x[:, :, :1].repeat(1, 1, front_pad, 1, 1)
+    buf = torch.cat([tail, x], dim=2) if tail.shape[2] else x
+    n_out = (buf.shape[2] - kernel) // stride + 1 if buf.shape[2] >= kernel else 0
+    if n_out == 0:
+        raise ValueError(
+            f"streaming chunk too short: a temporal op with kernel {kernel}, stride {stride} received "
+            f"{x.shape[2]} frame(s) and produced none; feed chunks of a multiple of the temporal compression"
+        )
+    state["tail"] = buf[:, :, n_out * stride:].clone()
+    return buf[:, :, : (n_out - 1) * stride + kernel]
+
+
+def replicate_first(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Prepend n copies of the first frame: x [B, C, T, H, W] -> [B, C, T+n, H, W]."""
+    if n == 0:
+        return x
+    return torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d with causal time padding (first frame repeated) and zero spatial padding."""
+
+    _stream: dict | None = None
+
+    def __init__(self, chan_in: int, chan_out: int, kernel_size: int | tuple[int, int, int] = 3,
+                 stride: int = 1, time_stride: int = 1, padding: int = 1) -> None:
+        super().__init__()
+        kt, kh, kw = _as3(kernel_size)
+        self.kernel_t, self.time_stride = kt, time_stride
+        # Official padding rule: dilation*(kt-1) + (1 - time_stride) frames in front.
+        self.time_pad = (kt - 1) + (1 - time_stride)
+        # Spatial zero padding is the conv's own, same numbers as the official explicit F.pad.
+        self.conv3d = nn.Conv3d(chan_in, chan_out, (kt, kh, kw), stride=(time_stride, stride, stride),
+                                padding=(0, padding, padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stream is not None and (self.kernel_t > 1 or self.time_stride > 1):
+            return self.conv3d(stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad))
+        return self.conv3d(replicate_first(x, self.time_pad))
+
+
+def factorized_conv(chan_in: int, chan_out: int) -> nn.Sequential:
+    """A 3x3x3 conv split into a 1x3x3 spatial and a 3x1x1 causal temporal conv (names .0 / .1)."""
+    return nn.Sequential(
+        CausalConv3d(chan_in, chan_out, kernel_size=(1, 3, 3), padding=1),
+        CausalConv3d(chan_out, chan_out, kernel_size=(3, 1, 1), padding=0),
+    )
+
+
+class CausalNormalize(nn.Module):
+    """GroupNorm(eps=1e-6). With one group it is applied per frame (a LayerNorm over C, H, W),
+    which keeps it causal; other group counts normalise over the whole clip (legacy models)."""
+
+    def __init__(self, channels: int, num_groups: int = 1) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6, affine=True)
+        self.num_groups = num_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_groups != 1:
+            return self.norm(x)
+        # Per-frame statistics over (C, H, W) without folding time into batch (no permute copy);
+        # computed in fp32 so bf16/fp16 runs normalise like fp32 ones.
+        xf = x.float()
+        var, mean = torch.var_mean(xf, dim=(1, 3, 4), keepdim=True, correction=0)
+        y = (xf - mean) * torch.rsqrt(var + self.norm.eps)
+        shape = (1, -1, 1, 1, 1)
+        return (y * self.norm.weight.float().view(shape) + self.norm.bias.float().view(shape)).to(x.dtype)
+
+
+class CausalResnetBlockFactorized3d(nn.Module):
+    """norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> dropout -> conv2, plus a 1x1x1 shortcut if C changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, num_groups: int = 1) -> None:
+        super().__init__()
+        self.norm1 = CausalNormalize(in_channels, num_groups=1)
+        self.conv1 = factorized_conv(in_channels, out_channels)
+        self.norm2 = CausalNormalize(out_channels, num_groups=num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = factorized_conv(out_channels, out_channels)
+        self.nin_shortcut: nn.Module = (
+            CausalConv3d(in_channels, out_channels, kernel_size=1, padding=0)
+            if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class _AttnProjections(nn.Module):
+    def __init__(self, channels: int, num_groups: int) -> None:
+        super().__init__()
+        self.norm = CausalNormalize(channels, num_groups=num_groups)
+        self.q = CausalConv3d(channels, channels, kernel_size=1, padding=0)
+        self.k = CausalConv3d(channels, channels, kernel_size=1, padding=0)
+        self.v = CausalConv3d(channels, channels, kernel_size=1, padding=0)
+        self.proj_out = CausalConv3d(channels, channels, kernel_size=1, padding=0)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.norm(x)
+        return self.q(h), self.k(h), self.v(h)
+
+
+class CausalAttnBlock(_AttnProjections):
+    """Single-head spatial self-attention within each frame over its h*w positions (scale C^-0.5).
+
+    Uses scaled_dot_product_attention (flash / memory-efficient kernels on GPU) instead of
+    materialising the (h*w)^2 matrix as the official code does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        q, k, v = self.qkv(x)
+        # [B, C, T, H, W] -> [(B T), 1, (H W), C]
+        q, k, v = (y.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c) for y in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        return x + self.proj_out(out)
+
+
+class CausalTemporalAttnBlock(_AttnProjections):
+    """Single-head causal attention over time at each spatial position (lower-triangular mask).
+
+    Streaming keeps all past keys/values (at the bottleneck resolution) so a chunk attends to
+    every earlier frame exactly as in one full pass.
+    """
+
+    _stream: dict | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        q, k, v = self.qkv(x)
+        # [B, C, T, H, W] -> [(B H W), 1, T, C]
+        q, k, v = (y.permute(0, 3, 4, 2, 1).reshape(b * h * w, 1, t, c) for y in (q, k, v))
+        if self._stream is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = self._attend_streaming(q, k, v)
+        out = out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+        return x + self.proj_out(out)
+
+    def _attend_streaming(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        state = self._stream
+        assert state is not None
+        if "k" in state:
+            k = torch.cat([state["k"], k], dim=2)
+            v = torch.cat([state["v"], v], dim=2)
+        state["k"], state["v"] = k, v
+        past, t = k.shape[2] - q.shape[2], q.shape[2]
+        # query i sits at absolute time past + i and may see keys 0 .. past + i
+        mask = torch.arange(past + t, device=q.device)[None, :] <= (past + torch.arange(t, device=q.device))[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def mid_attention(channels: int) -> nn.Sequential:
+    """The mid-block attention pair: spatial (.0) then causal temporal (.1)."""
+    return nn.Sequential(CausalAttnBlock(channels, num_groups=1), CausalTemporalAttnBlock(channels, num_groups=1))
+
+
+class CausalHybridDownsample3d(nn.Module):
+    """Spatial: pad (0,1,0,1), 1x3x3 stride-2 conv + 1x2x2 average pool, summed. Temporal: repeat the
+    first frame, 3x1x1 stride-2 causal conv + 2x1x1 average pool, summed. Then a 1x1x1 conv."""
+
+    _stream: dict | None = None
+
+    def __init__(self, channels: int, spatial_down: bool, temporal_down: bool, pruned: bool = False) -> None:
+        super().__init__()
+        keep = not pruned
+        self.spatial_down, self.temporal_down = spatial_down, temporal_down
+        self.conv1 = (CausalConv3d(channels, channels, (1, 3, 3), stride=2, padding=0)
+                      if spatial_down or keep else nn.Identity())
+        self.conv2 = (CausalConv3d(channels, channels, (3, 1, 1), time_stride=2, padding=0)
+                      if temporal_down or keep else nn.Identity())
+        self.conv3 = (CausalConv3d(channels, channels, 1, padding=0)
+                      if spatial_down or temporal_down or keep else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spatial_down and not self.temporal_down:
+            return x
+        if self.spatial_down:
+            x = F.pad(x, (0, 1, 0, 1, 0, 0))
+            x = self.conv1(x) + F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+        if self.temporal_down:
+            x = self._temporal(x)
+        return self.conv3(x)
+
+    def _temporal(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stream is None:
+            x = replicate_first(x, 1)
+            pooled = F.avg_pool3d(x, kernel_size=(2, 1, 1), stride=(2, 1, 1))
+            return self.conv2(x) + pooled
+        if not self._stream.get("started"):
+            x = replicate_first(x, 1)
+            self._stream["started"] = True
+        pooled = F.avg_pool3d(stream_window(self._stream, x, 2, 2, 0), kernel_size=(2, 1, 1), stride=(2, 1, 1))
+        return self.conv2(x) + pooled
+
+
+class CausalHybridUpsample3d(nn.Module):
+    """Temporal: repeat each frame twice, drop the first, 3x1x1 causal conv + residual. Spatial:
+    nearest x2, 1x3x3 conv + residual. Then a 1x1x1 conv."""
+
+    _stream: dict | None = None
+
+    def __init__(self, channels: int, spatial_up: bool, temporal_up: bool, pruned: bool = False) -> None:
+        super().__init__()
+        keep = not pruned
+        self.spatial_up, self.temporal_up = spatial_up, temporal_up
+        self.conv1 = (CausalConv3d(channels, channels, (3, 1, 1), padding=0)
+                      if temporal_up or keep else nn.Identity())
+        self.conv2 = (CausalConv3d(channels, channels, (1, 3, 3), padding=1)
+                      if spatial_up or keep else nn.Identity())
+        self.conv3 = (CausalConv3d(channels, channels, 1, padding=0)
+                      if spatial_up or temporal_up or keep else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spatial_up and not self.temporal_up:
+            return x
+        if self.temporal_up:
+            first = self._stream is None or not self._stream.get("started")
+            if self._stream is not None:
+                self._stream["started"] = True
+            # 1 + k frames -> 1 + 2k (the official "time_factor" of 1 for a single frame gives the same).
+            x = x.repeat_interleave(2, dim=2)
+            x = x[:, :, 1:] if first else x
+            x = self.conv1(x) + x
+        if self.spatial_up:
+            x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+            x = self.conv2(x) + x
+        return self.conv3(x)

@@ -1,0 +1,229 @@
+"""The tokenizer module: encoder + quant_conv + (FSQ | identity) + post_quant_conv + decoder.
+
+Video x: [B, 3, T, H, W] in [-1, 1], T = 1 + k*t. Discrete encode -> ids [B, T', H', W'] int64;
+continuous encode -> latents [B, C, T', H', W']; T' = 1 + k, H' = H/s, W' = W/s.
+Image models (CI/DI) take [B, 3, H, W] (ids [B, H', W'], latents [B, C, H', W']) or a video
+[B, 3, T, H, W], tokenized frame by frame (ids [B, T, H', W'], latents [B, C, T, H', W']).
+
+The state dict of `CosmosTokenizer` uses the official names (encoder.*, decoder.*, quant_conv.*,
+post_quant_conv.*), so official checkpoints load into it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer_core import image, video
+from tokenizer_core.config import TokenizerConfig
+from tokenizer_core.fsq import FSQuantizer
+from tokenizer_core.layers3d import CausalConv3d
+from tokenizer_core.streaming import stream_state
+
+Mode = Literal["full", "stream", "windowed"]
+
+
+@dataclass
+class TokenizerOutput:
+    """What `CosmosTokenizer.forward_with_latents` returns (for training)."""
+
+    reconstruction: torch.Tensor  # [B, 3, T, H, W] (or [B, 3, H, W] for an image input)
+    latents: torch.Tensor  # continuous latents, or FSQ codes with straight-through gradient
+    ids: torch.Tensor | None  # FSQ ids (discrete models), no gradient
+
+
+def _centre_pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad H, W (last two dims) up to a multiple, centred like the official pad_video_batch."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    pads = (pw >> 1, pw - (pw >> 1), ph >> 1, ph - (ph >> 1))
+    return (F.pad(x, pads) if ph or pw else x), pads
+
+
+def _crop(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    left, right, top, bottom = pads
+    return x[..., top: x.shape[-2] - bottom, left: x.shape[-1] - right]
+
+
+class CosmosTokenizer(nn.Module):
+    """A native PyTorch Cosmos-style tokenizer (see module docstring for shapes)."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        z_out = config.z_factor * config.z_channels
+        if config.video:
+            self.encoder: nn.Module = video.EncoderFactorized(config)
+            self.decoder: nn.Module = video.DecoderFactorized(config)
+            self.quant_conv: nn.Module = CausalConv3d(z_out, config.z_factor * config.latent_channels, 1, padding=0)
+            self.post_quant_conv: nn.Module = CausalConv3d(config.latent_channels, config.z_channels, 1, padding=0)
+        else:
+            self.encoder = image.Encoder(config)
+            self.decoder = image.Decoder(config)
+            self.quant_conv = nn.Conv2d(z_out, config.z_factor * config.latent_channels, 1)
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.z_channels, 1)
+        self.quantizer = FSQuantizer(config.levels) if config.discrete and config.levels else None
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def weights_hash(self) -> str:
+        from tokenizer_core.checkpoint import state_dict_hash
+
+        return state_dict_hash(self.state_dict())
+
+    # ----------------------------------------------------------------- raw (no padding, no checks)
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+    def _quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.quantizer is None:
+            return h, None
+        codes, ids = self.quantizer.quantize(h)
+        return codes, ids
+
+    def _decode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantizer is not None and not x.is_floating_point():
+            x = self.quantizer.indices_to_codes(x)
+        return self.decoder(self.post_quant_conv(x.to(self.dtype)))
+
+    # ----------------------------------------------------------------- shape handling
+    def _frames(self, x: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """Image models: fold a video's time into batch. Returns (x for the encoder, batch size to unfold)."""
+        if self.config.video:
+            if x.ndim != 5 or x.shape[1] != 3:
+                raise ValueError(f"{self.config.name}: expected video [B, 3, T, H, W], got {list(x.shape)}")
+            t = self.config.temporal_compression
+            if (x.shape[2] - 1) % t:
+                raise ValueError(f"{self.config.name}: T must be 1 + k*{t} frames, got T={x.shape[2]}")
+            return x, None
+        if x.ndim == 4 and x.shape[1] == 3:
+            return x, None
+        if x.ndim == 5 and x.shape[1] == 3:
+            return x.transpose(1, 2).flatten(0, 1), x.shape[0]
+        raise ValueError(f"{self.config.name}: expected image [B, 3, H, W] or video [B, 3, T, H, W], got {list(x.shape)}")
+
+    def _unfold(self, y: torch.Tensor, batch: int | None, channel_dim: bool) -> torch.Tensor:
+        if batch is None:
+            return y
+        y = y.unflatten(0, (batch, -1))  # [B, T, ...]
+        return y.transpose(1, 2) if channel_dim else y
+
+    # ----------------------------------------------------------------- public API
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, mode: Mode = "full", chunk_frames: int | None = None,
+               window: int = 17) -> torch.Tensor:
+        """video [B, 3, T, H, W] in [-1, 1] -> ids [B, T', H', W'] (int64) or latents [B, C, T', H', W'].
+
+        mode "full": one causal pass. "stream": chunk by chunk with carried causal state (same
+        result, memory bounded by `chunk_frames`, default 2*t). "windowed": independent windows
+        of `window` frames (the official inference), each restarting the causal context.
+        """
+        if mode == "stream" and self.config.video:
+            chunk = chunk_frames or 2 * self.config.temporal_compression
+            parts = [video[:, :, :1 + chunk]] + list(video[:, :, 1 + chunk:].split(chunk, dim=2))
+            return torch.cat(list(self.encode_stream(parts)), dim=-3)
+        if mode == "windowed" and self.config.video:
+            return torch.cat([self.encode(w) for w in video.split(window, dim=2)], dim=-3)
+        if mode not in ("full", "stream", "windowed"):
+            raise ValueError(f"unknown encode mode {mode!r}; expected full, stream or windowed")
+        return self._encode_full(video)
+
+    def _encode_full(self, video: torch.Tensor) -> torch.Tensor:
+        x, batch = self._frames(video)
+        x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
+        latents, ids = self._quantize(self._latent(x))
+        if ids is not None:
+            return self._unfold(ids, batch, channel_dim=False)
+        return self._unfold(latents, batch, channel_dim=True)
+
+    def encode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Encode consecutive chunks of one video: the first with 1 + k*t frames, the rest with a
+        multiple of t. Yields each chunk's ids / latents; concatenated they equal `encode(video)`."""
+        if not self.config.video:
+            raise ValueError(f"{self.config.name}: streaming applies to video tokenizers")
+        t = self.config.temporal_compression
+        with torch.no_grad(), stream_state(self.encoder, self.quant_conv):
+            for i, chunk in enumerate(chunks):
+                if i and chunk.shape[2] % t:
+                    raise ValueError(f"stream chunk {i} has {chunk.shape[2]} frames: must be a multiple of {t}")
+                x, _ = self._frames(chunk) if i == 0 else (chunk, None)
+                x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
+                latents, ids = self._quantize(self._latent(x))
+                yield ids if ids is not None else latents
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, mode: Mode = "full", chunk_latents: int = 2, window: int = 17,
+               output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """ids [B, T', H', W'] or latents [B, C, T', H', W'] -> video [B, 3, 1 + (T'-1)*t, H, W] in ~[-1, 1].
+
+        `output_size` (H, W) crops the centred spatial padding that `encode` added.
+        mode "stream" decodes `chunk_latents` latent frames at a time with carried state (same
+        result); "windowed" inverts the windowed encode of `window`-frame windows.
+        """
+        if mode == "stream" and self.config.video:
+            out = torch.cat(list(self.decode_stream(tokens.split(chunk_latents, dim=-3))), dim=2)
+        elif mode == "windowed" and self.config.video:
+            per_window = 1 + (window - 1) // self.config.temporal_compression
+            out = torch.cat([self._decode_full(w) for w in tokens.split(per_window, dim=-3)], dim=2)
+        else:
+            out = self._decode_full(tokens)
+        if output_size is not None:
+            h, w = out.shape[-2:]
+            ph, pw = h - output_size[0], w - output_size[1]
+            out = _crop(out, (pw >> 1, pw - (pw >> 1), ph >> 1, ph - (ph >> 1)))
+        return out
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.is_floating_point():
+            raise TypeError(f"{self.config.name}: ids must be an integer tensor, got {ids.dtype}")
+        size = self.config.vocab_size or 0
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+            raise ValueError(f"{self.config.name}: ids must lie in [0, {size}), got [{int(ids.min())}, {int(ids.max())}]")
+
+    def _decode_full(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        if self.config.discrete:
+            self._check_ids(tokens)
+        image_video = not self.config.video and tokens.ndim == (4 if self.config.discrete else 5)
+        batch = tokens.shape[0] if image_video else None
+        if image_video:
+            tokens = tokens.flatten(0, 1) if self.config.discrete else tokens.transpose(1, 2).flatten(0, 1)
+        return self._unfold(self._decode_raw(tokens), batch, channel_dim=True)
+
+    def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decode consecutive latent chunks of one video; yields frames (1 + (n-1)*t, then n*t each)."""
+        with torch.no_grad(), stream_state(self.decoder, self.post_quant_conv):
+            for chunk in chunks:
+                chunk = chunk.to(self.device)
+                if self.config.discrete:
+                    self._check_ids(chunk)
+                yield self._decode_raw(chunk)
+
+    def forward_with_latents(self, video: torch.Tensor) -> TokenizerOutput:
+        """Differentiable reconstruction (FSQ straight-through); spatial padding is cropped back."""
+        x, batch = self._frames(video)
+        x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
+        latents, ids = self._quantize(self._latent(x))
+        recon = _crop(self.decoder(self.post_quant_conv(latents.to(self.dtype))), pads)
+        return TokenizerOutput(
+            reconstruction=self._unfold(recon, batch, channel_dim=True),
+            latents=self._unfold(latents, batch, channel_dim=True),
+            ids=None if ids is None else self._unfold(ids, batch, channel_dim=False),
+        )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Differentiable reconstruction [same shape as `video`] for training."""
+        return self.forward_with_latents(video).reconstruction
