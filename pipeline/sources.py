@@ -28,6 +28,11 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+class ShardReadError(OSError):
+    """A storage client's own failure (e.g. botocore's EndpointConnectionError, which is not an
+    OSError) while reading a shard, re-raised as an OSError: callers retry every OSError."""
+
+
 def expand_braces(pattern: str) -> list[str]:
     """`a{01..03}b` -> [a01b, a02b, a03b]; `{x,y}` -> alternatives; nested groups expand in turn."""
     match = _BRACE.search(pattern)

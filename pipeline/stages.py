@@ -11,8 +11,9 @@ Accounting rules (every sample is exactly one of ok / failed; `stats` is updated
 - a broken JSON sidecar keeps the clips with meta None and counts the note "bad_sidecar";
 - a damaged tar stream ends the shard: a DeadLetter(stage="shard", sample_key="") and
   `stats.shard_error` set, after the samples before the damage were processed.
-Infrastructure errors (OSError from the filesystem or network, e.g. S3 timeouts) are raised:
-the caller retries the shard. They are never turned into dead letters.
+Infrastructure errors are raised, always as OSError (storage-client exceptions of other types,
+such as botocore's connection errors, are wrapped in `ShardReadError(OSError)`): the caller
+retries the shard. They are never turned into dead letters.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pipeline.clips import DecodedClip, VideoDone, cut_clips
 from pipeline.decode import VideoError
 from pipeline.isolation import DecodeWorker
 from pipeline.records import Clip, DeadLetter, Sample, ShardStats, clip_key, shard_id
-from pipeline.sources import open_url
+from pipeline.sources import ShardReadError, open_url
 from pipeline.tar_stream import CorruptShard, iter_samples, video_member
 from schemas.jobspec import ClipSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TEXT_SIDECARS = ("txt", "text", "caption", "cls")
 
@@ -53,13 +55,13 @@ def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: S
     sid = shard_id(url)
     seen: set[str] = set()
     with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(open_url(url, storage_options))
+        stream = stack.enter_context(_infrastructure_errors(url, open_url, url, storage_options))
         decoder = stack.enter_context(DecodeWorker()) if isolate else _InProcess()
         samples = iter_samples(stream, url)
         while True:
             started = time.perf_counter()
             try:
-                sample = next(samples, None)
+                sample = _infrastructure_errors(url, next, samples, None)
             except (CorruptShard, EOFError, zlib.error) as exc:
                 kind = exc.error_type if isinstance(exc, CorruptShard) else "CorruptShard"
                 stats.shard_error = f"{kind}: {exc}"
@@ -70,6 +72,17 @@ def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: S
             if sample is None:
                 return
             yield from _sample_clips(sample, sid, clips, stats, decoder, seen)
+
+
+def _infrastructure_errors(url: str, func: Callable[..., T], *args: Any) -> T:
+    """func(*args), with storage-client exceptions that are not OSErrors raised as OSErrors, so
+    that every infrastructure failure reaches the caller as one retryable type."""
+    try:
+        return func(*args)
+    except (OSError, CorruptShard, EOFError, zlib.error):
+        raise
+    except Exception as exc:
+        raise ShardReadError(f"reading {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def _add_seconds(stats: ShardStats, stage: str, started: float) -> None:
