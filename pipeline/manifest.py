@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import storage
@@ -124,11 +125,17 @@ def _remove_local_dotfiles(directory: str) -> int:
     return len(stale)
 
 
-def _load(fs: Any, root: str) -> tuple[dict[str, ManifestRecord], dict[str, int]]:
-    """(records, record file sizes) from one listing, the index, and GETs for what is new."""
+def _load(fs: Any, root: str, known: dict[str, ManifestRecord] | None = None,
+          ) -> tuple[dict[str, ManifestRecord], dict[str, int]]:
+    """(records, record file sizes) from one listing, the index, and GETs for what is new.
+
+    `known` records (e.g. what a driver already read) serve as a cache like the index does.
+    """
     mdir = storage.join(root, MANIFEST_DIR)
     sizes = {n: s for n, s in storage.list_sizes(fs, mdir).items() if n.endswith(_RECORD_SUFFIX)}
     cached = _read_index(fs, storage.join(mdir, MANIFEST_INDEX))
+    for rec in (known or {}).values():
+        cached[f"{rec.shard_id}{_RECORD_SUFFIX}"] = (len(rec.to_json_bytes()), rec)
     records: dict[str, ManifestRecord] = {}
     missing = []
     for name, size in sizes.items():
@@ -161,10 +168,14 @@ def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None
     return _load(fs, root)[0]
 
 
-def compact_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> int:
-    """Write the index of all current records (a cache; records stay). Returns the count."""
+def compact_manifest(output_uri: str, storage_options: dict[str, Any] | None = None,
+                     known: dict[str, ManifestRecord] | None = None) -> int:
+    """Write the index of all current records (a cache; records stay). Returns the count.
+
+    Pass the records already in hand (`known`, e.g. from read_manifest) to skip re-reading them.
+    """
     fs, root = storage.get_fs(output_uri, storage_options)
-    records, sizes = _load(fs, root)
+    records, sizes = _load(fs, root, known)
     lines = [
         json.dumps({"name": f"{sid}{_RECORD_SUFFIX}", "size": sizes[sid], "record": rec.to_dict()},
                    sort_keys=True, separators=(",", ":"))
@@ -185,12 +196,12 @@ def plan_shards(urls: list[str], output_uri: str, storage_options: dict[str, Any
     fingerprint count as not done.
     """
     fs, root = storage.get_fs(output_uri, storage_options)
-    records, _ = _load(fs, root)
-    present = {
-        f"{sub}/{name}": size
-        for sub in (TOKENS_DIR, ERRORS_DIR)
-        for name, size in storage.list_sizes(fs, storage.join(root, sub)).items()
-    }
+    # the three listings are independent: run them side by side (each is paginated on S3)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        loading = pool.submit(_load, fs, root)
+        listings = {sub: pool.submit(storage.list_sizes, fs, storage.join(root, sub)) for sub in (TOKENS_DIR, ERRORS_DIR)}
+        records, _ = loading.result()
+        present = {f"{sub}/{name}": size for sub, job in listings.items() for name, size in job.result().items()}
     todo, done = [], {}
     for url in urls:
         sid = make_shard_id(url)

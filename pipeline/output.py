@@ -209,7 +209,7 @@ class ShardWriter:
 
     def _write_record(self, record: ManifestRecord) -> ManifestRecord:
         record.finished_at = time.time()
-        data = json.dumps(record.to_dict(), sort_keys=True).encode()
+        data = record.to_json_bytes()
         path = self._final(record_path(self.shard_id))
         if storage.put_bytes(self.fs, path, data, exclusive=True):
             return record

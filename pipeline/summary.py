@@ -99,11 +99,12 @@ def build_summary(records: Mapping[str, ManifestRecord] | Iterable[ManifestRecor
 
 
 def write_summary(output_uri: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None,
-                  compact: bool = True) -> None:
-    """Write summary.json whole; with `compact`, also refresh the manifest index for fast reads."""
+                  compact: bool = True, records: Mapping[str, ManifestRecord] | None = None) -> None:
+    """Write summary.json whole; with `compact`, also refresh the manifest index for fast reads
+    (pass the `records` the summary was built from so they are not fetched again)."""
     fs, root = storage.get_fs(output_uri, storage_options)
     storage.put_bytes(fs, storage.join(root, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True).encode())
     if compact:
         from pipeline.manifest import compact_manifest
 
-        compact_manifest(output_uri, storage_options)
+        compact_manifest(output_uri, storage_options, dict(records) if records else None)

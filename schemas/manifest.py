@@ -9,6 +9,7 @@ a file without trusting the directory it sits in.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,6 +55,10 @@ class ManifestRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_json_bytes(self) -> bytes:
+        """The exact bytes of a record file: writers and the manifest index agree on this form."""
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ManifestRecord:
