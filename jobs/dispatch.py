@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 # a straggler is re-run when it has run this many times longer than the median finished shard
 STRAGGLER_FACTOR = 3.0
 STRAGGLER_MIN_S = 20.0
+# a failed shard waits before its next attempt (doubling, capped): S3 throttling and a node that
+# is being replaced both clear up with time, an immediate retry would likely fail the same way
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 30.0
 
 Launch = Callable[[str, int], Any]  # (url, launch number) -> ObjectRef of a ManifestRecord
 
@@ -69,6 +73,7 @@ class ShardDispatcher:
         self.result = DispatchResult()
         self.running: dict[Any, _Running] = {}
         self.queue: deque[str] = deque()
+        self.delayed: list[tuple[float, str]] = []  # (monotonic time it may start, url)
         self.failures: dict[str, list[str]] = {}
         self.launches: dict[str, int] = {}
         self.durations: list[float] = []
@@ -77,14 +82,24 @@ class ShardDispatcher:
         import ray
 
         self.queue.extend(urls)
-        while self.queue or self.running:
+        while self.queue or self.running or self.delayed:
+            self._release_delayed()
             self._fill()
+            if not self.running:
+                time.sleep(0.1)  # only delayed retries left: wait for the first to come due
+                continue
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
             for ref in ready:
                 self._collect(ref)
             if self.on_tick is not None:
                 self.on_tick(self.result, len(self.running))
         return self.result
+
+    def _release_delayed(self) -> None:
+        now = time.monotonic()
+        ready = [url for at, url in self.delayed if at <= now]
+        self.delayed = [(at, url) for at, url in self.delayed if at > now]
+        self.queue.extendleft(reversed(ready))  # retries go first: they hold up the job's end
 
     def _start(self, url: str, speculative: bool = False) -> None:
         self.launches[url] = self.launches.get(url, 0) + 1
@@ -94,7 +109,7 @@ class ShardDispatcher:
     def _fill(self) -> None:
         while self.queue and len(self.running) < self.max_in_flight:
             self._start(self.queue.popleft())
-        if not self.queue and len(self.running) < self.max_in_flight:
+        if not self.queue and not self.delayed and len(self.running) < self.max_in_flight:
             straggler = self._straggler()
             if straggler is not None:
                 log.info("shard %s is straggling; running a second copy", shard_id(straggler))
@@ -139,7 +154,8 @@ class ShardDispatcher:
             log.warning("shard %s failed (attempt %d/%d): %s; retrying",
                         shard_id(run.url), len(history), self.max_attempts, reason)
             self.result.retries += 1
-            self.queue.appendleft(run.url)
+            wait = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (len(history) - 1))
+            self.delayed.append((time.monotonic() + wait, run.url))
             return
         log.error("shard %s quarantined after %d attempts: %s", shard_id(run.url), len(history), reason)
         self.result.quarantined.append({
