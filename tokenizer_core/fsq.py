@@ -60,6 +60,13 @@ class FSQuantizer(nn.Module):
         ids = (digits * self._basis.long()).sum(dim=-1)
         return codes.movedim(-1, 1), ids
 
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The official quantizer contract (what encoder.jit returns): z -> (ids, codes in z's dtype,
+        a zero loss [B, 1, 1, 1, ...])."""
+        codes, ids = self.quantize(z)
+        loss = torch.zeros_like(codes[:, :1]).mean(dim=tuple(range(2, codes.ndim)), keepdim=True)
+        return ids, codes.to(z.dtype), loss
+
     def indices_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, ...] integer -> codes [B, D, ...] fp32 (exact inverse of `quantize`'s ids)."""
         digits = self._ids_to_digits(ids, self._levels, self._basis)

@@ -73,7 +73,7 @@ def _check_matches(tok: Any, name: str) -> None:
                          f"tokenizer ({got.name}), not {name}")
 
 
-def _resolve(path_or_name: str, init: str, backend: str) -> Any:
+def _resolve(path_or_name: str, init: str, backend: str, name_hint: str | None = None) -> Any:
     path = Path(path_or_name).expanduser()
     if path.is_file():
         if path.suffix == ".jit":
@@ -83,7 +83,7 @@ def _resolve(path_or_name: str, init: str, backend: str) -> Any:
         if (path / "model.pt").is_file():
             return _from_tokenmill(path / "model.pt")
         if any((path / f).is_file() for f in OFFICIAL_FILES):
-            return _load_official(path, None, backend)
+            return _load_official(path, name_hint, backend)
         raise FileNotFoundError(f"{path}: folder has neither model.pt nor official {', '.join(OFFICIAL_FILES)}")
     bundled = bundled_dir() / path_or_name / "model.pt"
     if bundled.is_file():
@@ -114,7 +114,7 @@ def from_pretrained(path_or_name: str | Path, device: str | torch.device = "cpu"
     if backend not in ("native", "jit"):
         raise ValueError(f"backend must be 'native' or 'jit', got {backend!r}")
     if checkpoint is not None:
-        tok = _resolve(str(checkpoint), "pretrained", backend)
+        tok = _resolve(str(checkpoint), "pretrained", backend, name_hint=str(path_or_name))
         _check_matches(tok, str(path_or_name))
     else:
         tok = _resolve(str(path_or_name), init, backend)
