@@ -133,7 +133,8 @@ class CosmosTokenizer(nn.Module):
         """
         if mode == "stream" and self.config.video:
             chunk = chunk_frames or 2 * self.config.temporal_compression
-            parts = [video[:, :, :1 + chunk]] + list(video[:, :, 1 + chunk:].split(chunk, dim=2))
+            rest = video[:, :, 1 + chunk:]
+            parts = [video[:, :, :1 + chunk]] + (list(rest.split(chunk, dim=2)) if rest.shape[2] else [])
             return torch.cat(list(self.encode_stream(parts)), dim=-3)
         if mode == "windowed" and self.config.video:
             return torch.cat([self.encode(w) for w in video.split(window, dim=2)], dim=-3)

@@ -6,7 +6,8 @@ Shapes: image x: [B, C, H, W] -> [B, C*4^L, H/2^L, W/2^L];
         1 + k*p frames becomes 1 + k latent frames and a single image is a one-frame video.
 
 One Haar level splits every axis into (a+b, a-b) pairs and orders the sub-bands low-before-high,
-time-major (lll, llh, lhl, lhh, hll, ...), band-major in the channel dimension, which is the layout
+time-major for video (lll, llh, lhl, lhh, hll, ...: t, h, w), width-major for images (w, h),
+band-major in the channel dimension, which is the layout
 of NVIDIA's Cosmos Tokenizer `Patcher3D` (there with stride-2 convolutions by [1, 1]/sqrt(2) and
 [1, -1]/sqrt(2), rescaled by 1/(2*sqrt(2)) per 3D level); here it is done with reshapes. Overall
 factor per level: 1/4 in 2D, 1/8 in 3D. The inverse is exact.
@@ -71,7 +72,7 @@ class Patcher(_PatchBase):
             p = self.patch_size
             return rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=p, p2=p).contiguous()
         for _ in range(self.levels):
-            x = haar_forward(x, (2, 3))
+            x = haar_forward(x, (3, 2))  # the official 2D transform splits W first: bands are W-major
         return x
 
 
@@ -83,7 +84,7 @@ class UnPatcher(_PatchBase):
             p = self.patch_size
             return rearrange(x, "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=p, p2=p)
         for _ in range(self.levels):
-            x = haar_inverse(x, (2, 3))
+            x = haar_inverse(x, (3, 2))
         return x
 
 

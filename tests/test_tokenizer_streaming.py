@@ -1,0 +1,128 @@
+"""Streaming (any length, exactly causal) and windowed modes, and the Haar patcher's definition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tokenizer_core as tc
+from tokenizer_core.patching import Patcher, Patcher3D, UnPatcher, UnPatcher3D
+
+torch.set_num_threads(1)
+
+
+def _video(t: int, h: int = 32, w: int = 32, b: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _tok(name: str) -> tc.CosmosTokenizer:
+    tok = tc.from_pretrained(name, init="random")
+    if tok.config.discrete:
+        with torch.no_grad():
+            for p in tok.quant_conv.parameters():
+                p.mul_(200.0)
+    return tok
+
+
+@pytest.mark.parametrize("name", ["CV8x8x8-tiny", "CV4x8x8-tiny", "CV8x16x16-tiny"])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_stream_encode_equals_full_pass(name: str, chunk: int) -> None:
+    """Chunked encoding with carried causal state = one full pass (<= 1e-5 fp32), any chunk size."""
+    tok = _tok(name)
+    t = tok.config.temporal_compression
+    x = _video(1 + 7 * t, b=2)
+    full = tok.encode(x)
+    streamed = tok.encode(x, mode="stream", chunk_frames=chunk * t)
+    assert streamed.shape == full.shape
+    assert (streamed - full).abs().max() <= 1e-5
+
+
+def test_stream_ids_equal_full_pass_ids() -> None:
+    tok = _tok("DV8x16x16-tiny")
+    x = _video(1 + 6 * 8)
+    assert torch.equal(tok.encode(x, mode="stream", chunk_frames=8), tok.encode(x))
+
+
+@pytest.mark.parametrize("name", ["CV8x8x8-tiny", "DV4x8x8-tiny"])
+def test_stream_decode_equals_full_pass(name: str) -> None:
+    tok = _tok(name)
+    t = tok.config.temporal_compression
+    z = tok.encode(_video(1 + 5 * t))
+    full = tok.decode(z)
+    for chunk in (1, 2):
+        out = tok.decode(z, mode="stream", chunk_latents=chunk)
+        assert out.shape == full.shape
+        assert (out - full).abs().max() <= 1e-5 * max(1.0, float(full.abs().max()))
+
+
+def test_encode_stream_accepts_an_iterator_of_chunks() -> None:
+    """Chunks can come from a reader one at a time; outputs arrive per chunk."""
+    tok = _tok("CV8x8x8-tiny")
+    x = _video(1 + 4 * 8)
+    chunks = iter([x[:, :, :9], x[:, :, 9:17], x[:, :, 17:33]])
+    parts = list(tok.encode_stream(chunks))
+    assert [p.shape[2] for p in parts] == [2, 1, 2]
+    assert (torch.cat(parts, dim=2) - tok.encode(x)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="multiple of 8"):
+        list(tok.encode_stream([x[:, :, :9], x[:, :, 9:14]]))
+
+
+def test_stream_state_is_dropped_after_use() -> None:
+    tok = _tok("CV8x8x8-tiny")
+    x = _video(17)
+    tok.encode(x, mode="stream")
+    assert all(getattr(m, "_stream", None) is None for m in tok.modules())
+    assert (tok.encode(x) - tok.encode(x, mode="stream")).abs().max() <= 1e-5
+
+
+def test_windowed_mode_restarts_causal_context_per_window() -> None:
+    """The official inference: independent 17-frame windows; differs from the causal stream."""
+    tok = _tok("CV8x8x8-tiny")
+    x = _video(34)
+    windowed = tok.encode(x, mode="windowed", window=17)
+    assert windowed.shape[2] == 6
+    assert torch.allclose(windowed[:, :, 3:], tok.encode(x[:, :, 17:]), atol=1e-6)
+    assert torch.allclose(windowed[:, :, :3], tok.encode(x[:, :, :17]), atol=1e-6)
+    assert tok.decode(windowed, mode="windowed", window=17).shape == x.shape
+
+
+# ----------------------------------------------------------------------- Haar patcher definition
+def _haar_conv_level(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """One level written as the strided [1, 1]/sqrt(2), [1, -1]/sqrt(2) filters of the paper/official code."""
+    a = 1 / math.sqrt(2)
+    bands = [x]
+    for dim in dims:
+        nxt = []
+        for band in bands:
+            moved = band.movedim(dim, -1)
+            lo = (moved[..., 0::2] + moved[..., 1::2]) * a
+            hi = (moved[..., 0::2] - moved[..., 1::2]) * a
+            nxt += [lo.movedim(-1, dim), hi.movedim(-1, dim)]
+        bands = nxt
+    scale = 2 * math.sqrt(2) if len(dims) == 3 else 2.0
+    return torch.cat(bands, dim=1) / scale
+
+
+def test_haar_3d_patcher_matches_filter_definition_and_inverts() -> None:
+    x = _video(9, 16, 24)
+    ref = torch.cat([x[:, :, :1].repeat(1, 1, 4, 1, 1), x[:, :, 1:]], dim=2)
+    for _ in range(2):
+        ref = _haar_conv_level(ref, (2, 3, 4))
+    out = Patcher3D(4, "haar")(x)
+    assert out.shape == (1, 192, 3, 4, 6)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(UnPatcher3D(4, "haar")(out), x, atol=1e-6)
+
+
+def test_haar_2d_patcher_splits_width_first_and_inverts() -> None:
+    x = _video(1, 16, 24)[:, :, 0]
+    ref = _haar_conv_level(_haar_conv_level(x, (3, 2)), (3, 2))
+    out = Patcher(4, "haar")(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert not torch.allclose(out, _haar_conv_level(_haar_conv_level(x, (2, 3)), (2, 3)), atol=1e-3)
+    assert torch.allclose(UnPatcher(4, "haar")(out), x, atol=1e-6)
+    # The lowest band is the 4x4 block average: the first channels are a small image.
+    assert torch.allclose(out[:, 0], F.avg_pool2d(x, 4)[:, 0], atol=1e-5)
