@@ -1,0 +1,296 @@
+"""Train a small GPT on the tokens of a tokenmill job; compare held-out loss with the unigram entropy.
+
+    tokenmill run examples/demo.yaml        # writes out/demo (the default --data)
+    python examples/train_ar.py             # CPU, a few minutes
+    python examples/train_ar.py --data s3://bucket/job --storage-options '{"endpoint_url": "http://..."}'
+
+What it does:
+1. Splits the job's finished shards: the last `--holdout-shards` (sorted by shard id) are
+   held out, the rest train, so no held-out clip (nor any other clip of its source videos in
+   those shards) is seen in training.
+2. Counts the training ids and prints their unigram entropy H (nats per token, and bits).
+3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings) on clips read by
+   `pipeline.loader.TokenLoader` and packed into rows by `pipeline.sequences.PackCollator`:
+   BOV, ids in raster order, EOV; clips never attend to each other.
+4. Prints the per-token loss on the held-out clips, in nats per video token (EOV targets
+   excluded), next to H and to the held-out loss of the training unigram model. Exit code 0
+   when the held-out loss is below H, 1 otherwise.
+
+The output layer covers the `--max-vocab` most frequent training ids plus one "other" class;
+an "other" id is scored as p(other) / (number of ids outside the list), so the reported loss is
+the log-likelihood of a proper distribution over the tokenizer's full vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without install
+
+from pipeline.loader import TokenDataset, TokenLoader, shard_ids  # noqa: E402
+from pipeline.sequences import SequenceSpec, document_causal_mask, pack_clips  # noqa: E402
+
+ID_SPACE = 1 << 16  # token files store uint16 ids
+
+
+# ---- model: x [B, L, D] throughout -------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, L, D]; mask: bool [B, 1, L, L], True where attention is allowed (None: causal)."""
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b l (three h e) -> three b h l e", three=3, h=self.heads)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # [B, h, L, D/h]
+        x = x + self.proj(rearrange(attn, "b h l e -> b l (h e)"))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyGPT(nn.Module):
+    """Token embedding + t/h/w position embeddings, causal blocks, head tied to the embedding.
+
+    Each position also embeds the ids directly above and one latent frame before the token it
+    predicts (when those lie earlier in the same row and clip, so causality holds): a cheap
+    convolution-like hint that a tiny model on a CPU budget would otherwise need many steps of
+    attention training to discover.
+    """
+
+    def __init__(self, vocab: int, grid: tuple[int, int, int], dim: int, layers: int, heads: int):
+        super().__init__()
+        self.grid, self.vocab = grid, vocab
+        self.tok = nn.Embedding(vocab, dim)
+        self.above, self.before = nn.Embedding(vocab + 1, dim), nn.Embedding(vocab + 1, dim)  # +1: none
+        self.pos_t, self.pos_h, self.pos_w = (nn.Embedding(n, dim) for n in grid)
+        self.special = nn.Embedding(2, dim)  # BOV / EOV positions
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.tok.weight, std=0.02)
+
+    def positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """position_ids [B, L] (offset inside the clip: 0 = BOV, 1.. = ids, last = EOV) -> [B, L, D]."""
+        t, h, w = self.grid
+        idx = position_ids - 1  # index of the video token in raster order
+        video = (idx >= 0) & (idx < t * h * w)
+        idx = idx.clamp(0, t * h * w - 1)
+        emb = self.pos_t(idx // (h * w)) + self.pos_h(idx // w % h) + self.pos_w(idx % w)
+        special = self.special((idx > 0).long())  # BOV -> 0, EOV -> 1 (only used where ~video)
+        return torch.where(video.unsqueeze(-1), emb, special)
+
+    def neighbour(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor,
+                  distance: int) -> torch.Tensor:
+        """[B, L]: id `distance` raster steps before the *next* token, or `vocab` (none) if not in this row/clip."""
+        t, h, w = self.grid
+        length = input_ids.shape[1]
+        src = torch.arange(length, device=input_ids.device) + 1 - distance  # row index of that neighbour
+        srcc = src.clamp(0, length - 1).expand_as(input_ids)
+        # the next token is video index position_ids; its neighbour is video index position_ids - distance
+        valid = (position_ids < t * h * w) & (position_ids - distance >= 0) & (src >= 0)
+        valid &= document_ids.gather(1, srcc) == document_ids
+        return torch.where(valid, input_ids.gather(1, srcc), torch.full_like(input_ids, self.vocab))
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+        """-> logits [B, L, vocab]."""
+        _, h, w = self.grid
+        x = self.tok(input_ids) + self.positions(position_ids)
+        x = x + self.above(self.neighbour(input_ids, position_ids, document_ids, w))
+        x = x + self.before(self.neighbour(input_ids, position_ids, document_ids, h * w))
+        mask = document_causal_mask(document_ids).unsqueeze(1)  # [B, 1, L, L]
+        if bool((document_ids <= 0).all()):
+            # at most one clip per row, padding only after it: plain causal attention gives the
+            # same outputs on every real token and takes the fused kernel
+            mask = None
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x) @ self.tok.weight.T
+
+
+# ---- data ----------------------------------------------------------------------------------
+class CompactPack:
+    """collate_fn: map ids to the compact vocabulary, then pack (pipeline.sequences.pack_clips)."""
+
+    def __init__(self, table: torch.Tensor, spec: SequenceSpec, seq_len: int):
+        self.table, self.spec, self.seq_len = table, spec, seq_len
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        mapped = [{**it, "tokens": self.table[it["tokens"]]} for it in items]  # int64 gather, no float
+        return pack_clips(mapped, self.spec, self.seq_len)
+
+
+def id_counts(ds: TokenDataset) -> tuple[np.ndarray, tuple[int, int, int], int]:
+    """Counts of every id over the dataset, the (common) token grid and the number of clips."""
+    counts = np.zeros(ID_SPACE, dtype=np.int64)
+    grids = set()
+    clips = 0
+    for item in ds:
+        counts += np.bincount(item["tokens"].reshape(-1).numpy(), minlength=ID_SPACE)
+        grids.add(tuple(item["tokens"].shape))
+        clips += 1
+    if len(grids) != 1:
+        raise SystemExit(f"clips have different token grids {sorted(grids)}; this example needs one")
+    return counts, grids.pop(), clips
+
+
+def entropy_nats(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def unigram_heldout_nats(train: np.ndarray, held: np.ndarray, vocab: int) -> float:
+    """Held-out cross-entropy of the training unigram model, smoothed by one pseudo-token spread
+    evenly over the vocabulary (so unseen ids get a small, nonzero probability)."""
+    p = (train[:vocab] + 1.0 / vocab) / (train.sum() + 1.0)
+    return float(-(held[:vocab] * np.log(p)).sum() / held.sum())
+
+
+def compact_table(counts: np.ndarray, max_vocab: int) -> tuple[torch.Tensor, int]:
+    """int64 [ID_SPACE] mapping the `max_vocab` most frequent ids to 0..K-1 and all others to K."""
+    keep = np.argsort(-counts, kind="stable")[: min(max_vocab, int((counts > 0).sum()))]
+    table = torch.full((ID_SPACE,), len(keep), dtype=torch.int64)
+    table[torch.from_numpy(keep)] = torch.arange(len(keep))
+    return table, len(keep)
+
+
+# ---- training and evaluation ----------------------------------------------------------------
+def train(model: TinyGPT, loader: TokenLoader, steps: int, lr: float, log_every: int) -> float:
+    """AdamW with warmup + cosine decay for `steps` batches (epochs reshuffle); returns the last loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(steps // 20, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    )
+    model.train()
+    step, epoch, loss_value, start = 0, 0, float("nan"), time.time()
+    while step < steps:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            logits = model(batch["input_ids"], batch["position_ids"], batch["document_ids"])
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())  # ignore_index -100
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step, loss_value = step + 1, loss.item()
+            if step % log_every == 0 or step == steps:
+                print(f"step {step:5d}  epoch {epoch}  train loss {loss_value:.4f} nats  ({time.time() - start:.0f} s)")
+            if step == steps:
+                break
+        epoch += 1
+    return loss_value
+
+
+@torch.no_grad()
+def heldout_nats(model: TinyGPT, loader: TokenLoader, other: int, outside: int) -> tuple[float, int]:
+    """Mean negative log-likelihood (nats) of the held-out video tokens under the full vocabulary."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        labels = batch["labels"]
+        logp = model(batch["input_ids"], batch["position_ids"], batch["document_ids"]).log_softmax(-1)
+        nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = nll + (labels == other) * math.log(max(outside, 1))  # spread p(other) over those ids
+        video = (labels >= 0) & (labels <= other)  # video-token targets: not EOV, not ignored
+        total += float(nll[video].sum())
+        count += int(video.sum())
+    return total / count, count
+
+
+# ---- command line ----------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "out" / "demo"),
+                   help="output.uri of a tokenmill job (local path or s3://); default: the demo job's output")
+    p.add_argument("--storage-options", default=None, help="fsspec options as JSON (e.g. endpoint_url)")
+    p.add_argument("--holdout-shards", type=int, default=1, help="last N shards (by id) held out")
+    p.add_argument("--vocab-size", type=int, default=64_000, help="tokenizer vocabulary (Cosmos FSQ: 64,000)")
+    p.add_argument("--max-vocab", type=int, default=4096, help="output classes before 'other'")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--clips-per-step", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=0,
+                   help="packed row length; 0 = about 1024, chosen so a clip fills whole rows")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the training stream")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object at the end")
+    return p.parse_args(argv)
+
+
+def split_shards(uri: str, storage_options: dict[str, Any] | None, holdout: int) -> tuple[list[str], list[str]]:
+    ids = shard_ids(uri, storage_options)
+    if holdout < 1 or len(ids) <= holdout:
+        raise SystemExit(f"{uri} has {len(ids)} finished shard(s); need more than --holdout-shards={holdout}")
+    return ids[:-holdout], ids[-holdout:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    so = json.loads(args.storage_options) if args.storage_options else None
+    train_ids, held_ids = split_shards(args.data, so, args.holdout_shards)
+
+    def dataset(shards: list[str], shuffle: bool) -> TokenDataset:
+        return TokenDataset(args.data, seed=args.seed, shuffle=shuffle, shuffle_buffer=64,
+                            storage_options=so, shards=shards)
+
+    counts, grid, n_train = id_counts(dataset(train_ids, shuffle=False))
+    held_counts, held_grid, n_held = id_counts(dataset(held_ids, shuffle=False))
+    if held_grid != grid or max(np.flatnonzero(counts + held_counts)) >= args.vocab_size:
+        raise SystemExit(f"held-out grid {held_grid} vs {grid}, or ids beyond --vocab-size {args.vocab_size}")
+    entropy = entropy_nats(counts)
+    unigram_held = unigram_heldout_nats(counts, held_counts, args.vocab_size)
+    table, known = compact_table(counts, args.max_vocab)
+    print(f"data: {args.data}: train {n_train} clips from {len(train_ids)} shard(s), "
+          f"held out {n_held} clips from {', '.join(held_ids)}")
+    print(f"token grid [t, h, w] = {list(grid)}; {int(counts.sum()):,} training tokens, "
+          f"{int((counts > 0).sum()):,} distinct ids; output classes: {known} ids + other")
+    print(f"unigram entropy of the training tokens: {entropy:.4f} nats/token ({entropy / math.log(2):.4f} bits)")
+
+    spec = SequenceSpec(vocab_size=known + 1)  # compact ids 0..known-1, "other" = known
+    clip_len = int(np.prod(grid)) + 2  # BOV + ids + EOV
+    seq_len = args.seq_len or math.ceil(clip_len / math.ceil(clip_len / 1024))
+    collate = CompactPack(table, spec, seq_len)
+    model = TinyGPT(spec.total_vocab, grid, args.dim, args.layers, args.heads)
+    loader = TokenLoader(dataset(train_ids, shuffle=True), batch_size=args.clips_per_step,
+                         num_workers=args.num_workers, collate_fn=collate)
+    started = time.time()
+    train(model, loader, args.steps, args.lr, args.log_every)
+    seconds = time.time() - started
+    held_loader = TokenLoader(dataset(held_ids, shuffle=False), batch_size=1, collate_fn=collate)
+    held, held_tokens = heldout_nats(model, held_loader, other=known, outside=args.vocab_size - known)
+    print(f"held-out per-token loss: {held:.4f} nats/token ({held / math.log(2):.4f} bits) over "
+          f"{held_tokens:,} tokens; training-unigram model on held-out: {unigram_held:.4f} nats/token")
+    below = held < entropy
+    print(f"held-out loss {'<' if below else '>='} unigram entropy ({held:.4f} vs {entropy:.4f} nats/token); "
+          f"trained {args.steps} steps in {seconds:.0f} s")
+    if args.json:
+        print(json.dumps({"unigram_entropy_nats": entropy, "heldout_loss_nats": held,
+                          "unigram_heldout_nats": unigram_held, "train_clips": n_train, "heldout_clips": n_held,
+                          "heldout_tokens": held_tokens, "steps": args.steps, "train_seconds": seconds}))
+    return 0 if below else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
