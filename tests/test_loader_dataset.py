@@ -198,3 +198,26 @@ def test_reading_is_streamed_one_row_group_at_a_time(output, monkeypatch):
     monkeypatch.setattr(TokenDataset, "_read", counting)
     next(iter(TokenDataset(str(root), shuffle_buffer=2)))
     assert len(reads) == 1  # 6 row groups in the dataset
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_continuous_latents_come_back_bit_exact(tmp_path, dtype):
+    """Latents [c,t,h,w] written by ShardWriter are returned with their shape, dtype and bits."""
+    from pipeline.output import ShardWriter
+    from pipeline.records import ShardStats
+    from pipeline.token_files import ClipInfo
+
+    latents = {}
+    writer = ShardWriter(str(tmp_path), "lat-00000000", "file:///src/lat.tar")
+    for r in range(3):
+        key = f"lat-00000000.v{r}.0000"
+        latents[key] = torch.randn(4, 2, 3, 5, generator=torch.Generator().manual_seed(r)).to(dtype)
+        info = ClipInfo(key, "file:///src/lat.tar", f"v{r}", 0, 0, 5, 25.0, 24, 40, None)
+        writer.add(info, latents[key], "cv-test")
+    writer.commit(ShardStats(samples_total=3, samples_ok=3, clips=3))
+    items = list(TokenDataset(str(tmp_path), seed=0))
+    assert sorted(it["key"] for it in items) == sorted(latents)
+    for it in items:
+        assert it["latents"].dtype == dtype and "tokens" not in it and it["meta"] is None
+        assert torch.equal(it["latents"].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           latents[it["key"]].view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
