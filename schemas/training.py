@@ -121,6 +121,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch intra-op threads on CPU; null keeps torch's default
     resume: bool = True  # continue from output_dir/last.pt when it exists
+    max_minutes: float | None = None  # wall-time budget: stop early with a checkpoint (and export)
     export: ExportSpec | None = None
     version: int = TRAINING_CONFIG_VERSION
 

@@ -1,0 +1,115 @@
+"""Training on real clips: the loss goes down, checkpoints load, and a resume is exact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tokenizer_core
+from jobs.cli import main
+from pipeline.train_tokenizer import run_training
+from schemas.config import SpecError
+from schemas.training import load_train_config
+
+SHARD = "shards-000001.tar"  # carphone (176x144) + bikes (640x272): cheap to decode
+
+
+def _write_config(folder: Path, shard: Path, **changes) -> Path:
+    config = {
+        "data": {"shards": str(shard), "num_frames": 9, "resolution": [64, 64], "crop": [32, 32],
+                 "stride": 8, "max_clips_per_video": 3},
+        "model": {"name": "DV4x8x8-tiny", "init": "random"},
+        "output_dir": str(folder / "run"),
+        "steps": 30,
+        "batch_size": 2,
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "ema_decay": 0.9},
+        "checkpoint_every": 10,
+        "log_every": 1,
+        "threads": 1,
+    }
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shard(sample_shards) -> Path:
+    return next(s for s in sample_shards if s.name == SHARD)
+
+
+def test_loss_goes_down_on_real_clips(tmp_path, shard):
+    """30 steps of a tiny DV tokenizer on real video: the late loss is clearly below the start."""
+    cfg = load_train_config(str(_write_config(tmp_path, shard)))
+    run_training(cfg)
+    losses = [r["loss"] for r in _log(Path(cfg.output_dir))]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3
+
+
+def test_checkpoint_is_a_tokenmill_model_and_export_is_fp16(tmp_path, shard):
+    export = tmp_path / "bundled" / "mine" / "model.pt"
+    path = _write_config(tmp_path, shard, steps=4, **{"model.save_as": "mine"})
+    assert main(["train-tokenizer", str(path), "--set", f"export.path={export}"]) == 0
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "tokenmill-tokenizer" and ckpt["training"]["step"] == 4
+    assert ckpt["config"]["name"] == "mine"
+    exported = torch.load(export, map_location="cpu", weights_only=True)
+    assert "training" not in exported
+    assert {v.dtype for v in exported["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    tok = tokenizer_core.from_pretrained(str(export))
+    ids = tok.encode(torch.zeros(1, 3, 9, 32, 32))
+    assert ids.shape == (1, 3, 4, 4)
+    # the exported weights are the EMA weights of the last checkpoint, rounded to fp16
+    ema = ckpt["state_dict"]["quant_conv.conv3d.weight"]
+    assert torch.allclose(exported["state_dict"]["quant_conv.conv3d.weight"].float(), ema, atol=1e-3)
+
+
+def test_resume_continues_with_identical_next_steps(tmp_path, shard):
+    """Resuming from the step-10 checkpoint reproduces steps 11..15 of the uninterrupted run."""
+    full = load_train_config(str(_write_config(tmp_path, shard, steps=15, checkpoint_every=10)))
+    run_training(full)
+    reference = {r["step"]: r["loss"] for r in _log(Path(full.output_dir))}
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(Path(full.output_dir) / "step-0000010.pt", resumed_dir / "last.pt")
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=15, checkpoint_every=10,
+                                              output_dir=str(resumed_dir))))
+    trainer = run_training(cfg)
+    assert trainer.step == 15
+    resumed = {r["step"]: r["loss"] for r in _log(resumed_dir)}
+    assert sorted(resumed) == list(range(11, 16))
+    for step in range(11, 16):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+def test_resume_refuses_a_different_architecture(tmp_path, shard):
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=2)))
+    run_training(cfg)
+    other = load_train_config(str(_write_config(tmp_path, shard, steps=4, **{"model.overrides": {"channels": 8}})))
+    with pytest.raises(SpecError, match="different model config"):
+        run_training(other)
+
+
+def test_config_errors_name_the_field(tmp_path, shard):
+    path = _write_config(tmp_path, shard, **{"data.crop": [128, 128]})
+    with pytest.raises(SpecError, match=r"^data\.crop"):
+        load_train_config(str(path))
+    path = _write_config(tmp_path, shard, **{"optim.warmup": 3})
+    assert main(["train-tokenizer", str(path)]) == 2
