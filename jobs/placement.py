@@ -71,9 +71,11 @@ def plan_placement(spec: JobSpec) -> Placement:
                     "(an autoscaler may add them)", num_actors, gpus_per_actor, gpus)
     spare = max(1.0, cpus - num_actors * r.cpus_per_actor)
     decode = math.ceil(spare) if r.decode_workers == "auto" else int(r.decode_workers)
-    # CPU actors: a fair share of one node's cores for torch's intra-op threads
-    node_cpus = max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)))
-    threads = max(1, node_cpus // num_actors) if gpus_per_actor == 0 else 1
+    # CPU actors: torch intra-op threads follow the actor's CPU reservation (as Ray's own
+    # OMP_NUM_THREADS does). More threads than reserved cores collapses under contention: on a
+    # loaded 2-core machine 2 threads ran 7-14x slower than 1 (docs/execution.md); scale with
+    # more actors or a larger resources.cpus_per_actor instead
+    threads = max(1, int(r.cpus_per_actor)) if gpus_per_actor == 0 else 1
     return Placement(num_actors, gpus_per_actor, r.cpus_per_actor, max(1, decode), threads, cpus, gpus)
 
 

@@ -113,14 +113,16 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
         max_attempts=spec.retries.max_attempts,
         on_tick=progress.tick,
     )
+    ready = time.time()
     try:
         result = dispatcher.run(todo)
+        dispatch_seconds = time.time() - ready
         actor_stats = progress.final_actor_stats()
     finally:
         progress.close()
         for actor in actors:
             ray.kill(actor)
-    return result, actor_stats, {"placement": place.__dict__}
+    return result, actor_stats, {"placement": place.__dict__, "dispatch_seconds": dispatch_seconds}
 
 
 def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
