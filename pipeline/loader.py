@@ -50,6 +50,8 @@ from pipeline.loader_plan import (
     worker_progress,
 )
 from pipeline.loader_rows import rows_from_table, to_item
+from pipeline.manifest import read_manifest
+from pipeline.storage import get_fs
 
 STATE_FORMAT = "tokenmill.loader.state"
 STATE_VERSION = 1
@@ -66,18 +68,10 @@ class TokenFile:
     rows_per_group: tuple[int, ...]
 
 
-def _filesystem(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
-
-
 def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
     """shard id -> token file path, for shards with a manifest record (the only ones trusted)."""
     base = uri.rstrip("/")
     paths = {}
-    from pipeline.manifest import read_manifest
-
     for shard, record in read_manifest(uri, storage_options).items():
         if record.format != "parquet":
             raise ValueError(
@@ -100,10 +94,10 @@ def discover(
         if missing:
             raise KeyError(f"{uri}: no finished shard with id {', '.join(missing)}")
         paths = {s: paths[s] for s in shards}
-    fs, _ = _filesystem(uri, storage_options)
+    fs, _ = get_fs(uri, storage_options)
 
     def footer(shard: str) -> TokenFile:
-        _, path = _filesystem(paths[shard], storage_options)
+        _, path = get_fs(paths[shard], storage_options)
         with fs.open(path, "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
         counts = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
@@ -262,7 +256,7 @@ class TokenDataset(IterableDataset):
     def _read(self, segment: Segment) -> list[dict[str, Any]]:
         unit = self.units[segment.unit]
         tf = self.files[unit.file]
-        fs, path = _filesystem(tf.path, self.storage_options)
+        fs, path = get_fs(tf.path, self.storage_options)
         with fs.open(path, "rb") as handle:
             table = pq.ParquetFile(handle).read_row_group(unit.row_group)
         return rows_from_table(table, segment.start, segment.stop)
