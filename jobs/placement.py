@@ -81,14 +81,13 @@ def plan_placement(spec: JobSpec) -> Placement:
 
 def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
     tok = spec.tokenizer
-    device = tok.device
-    if device == "auto":
-        device = "cuda" if placement.gpus_per_actor > 0 else "cpu"
     return ActorSettings(
         name=tok.checkpoint or tok.name,
         init=tok.init,
         dtype=tok.dtype,
-        device="auto" if device == "cuda" else device,  # fake-GPU test clusters have no CUDA
+        # "auto" picks CUDA only where torch sees a GPU (a fake-GPU test node has none); an
+        # explicit "cuda" fails loudly on a node without one instead of running on the CPU
+        device=tok.device,
         num_gpus=placement.gpus_per_actor,
         num_cpus=placement.cpus_per_actor,
         torch_threads=placement.torch_threads,
@@ -101,9 +100,31 @@ def start_actors(settings: ActorSettings, count: int, job_tag: str) -> list[Any]
     return [cls.options(name=f"tokenizer-{job_tag}-{i}", namespace=NAMESPACE).remote(settings) for i in range(count)]
 
 
-def actor_nodes(actors: list[Any], timeout: float = 600.0) -> list[str | None]:
-    """Wait until every actor has loaded its model; returns the node each one runs on."""
-    import ray
+class ActorStartError(RuntimeError):
+    """No tokenizer actor could be started (model failed to load, or no resources in time)."""
 
-    stats = ray.get([a.stats.remote() for a in actors], timeout=timeout)
-    return [s["node_id"] for s in stats]
+
+def actor_nodes(actors: list[Any], first_timeout: float = 1800.0, others_timeout: float = 10.0) -> list[str | None]:
+    """Wait until the first actor has loaded its model; returns the node each ready actor runs on.
+
+    Actors still waiting for resources (an autoscaler adding GPU nodes) do not hold the job up:
+    batches sent to them queue until they start; their node is unknown (None) meanwhile.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    refs = [a.stats.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=1, timeout=first_timeout)
+    if not ready:
+        raise ActorStartError(f"no tokenizer actor started within {first_timeout:.0f} s: the cluster lacks "
+                              "the CPUs/GPUs they ask for (see resources.* in the spec)")
+    ray.wait(refs, num_returns=len(refs), timeout=others_timeout)
+    nodes: list[str | None] = []
+    for ref in refs:
+        try:
+            nodes.append(ray.get(ref, timeout=0)["node_id"])
+        except RayActorError as exc:
+            raise ActorStartError(f"tokenizer actor failed to start: {exc}") from exc
+        except ray.exceptions.GetTimeoutError:
+            nodes.append(None)
+    return nodes

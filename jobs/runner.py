@@ -196,9 +196,15 @@ def _report(spec: JobSpec, outcome: RunOutcome) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
+    from jobs.placement import ActorStartError
+
     spec = load_job_spec(args.spec, args.overrides)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
-    outcome = run_job(spec, address=address, show_progress=show)
+    try:
+        outcome = run_job(spec, address=address, show_progress=show)
+    except ActorStartError as exc:
+        print(f"tokenmill run: {exc}", file=sys.stderr)
+        return 1
     _report(spec, outcome)
     return outcome.exit_code
