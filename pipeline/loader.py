@@ -66,10 +66,11 @@ class TokenFile:
     shard_id: str
     path: str  # full path or URL
     rows_per_group: tuple[int, ...]
+    checksum: str  # of the whole file, from its manifest record
 
 
-def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
-    """shard id -> token file path, for shards with a manifest record (the only ones trusted)."""
+def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """shard id -> (token file path, checksum), for shards with a manifest record (the only ones trusted)."""
     base = uri.rstrip("/")
     paths = {}
     for shard, record in read_manifest(uri, storage_options).items():
@@ -78,7 +79,8 @@ def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[s
                 f"{uri}: shard {shard} was written as {record.format!r}; TokenDataset reads the parquet format"
             )
         rel = record.outputs["tokens"].path
-        paths[shard] = rel if "://" in rel or rel.startswith("/") else f"{base}/{rel}"
+        path = rel if "://" in rel or rel.startswith("/") else f"{base}/{rel}"
+        paths[shard] = (path, record.outputs["tokens"].checksum)
     return paths
 
 
@@ -97,11 +99,11 @@ def discover(
     fs, _ = get_fs(uri, storage_options)
 
     def footer(shard: str) -> TokenFile:
-        _, path = get_fs(paths[shard], storage_options)
-        with fs.open(path, "rb") as handle:
+        url, checksum = paths[shard]
+        with fs.open(get_fs(url, storage_options)[1], "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
         counts = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        return TokenFile(shard, paths[shard], counts)
+        return TokenFile(shard, url, counts, checksum)
 
     # footers are small reads; on S3 their latency dominates, so read several at once
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -114,8 +116,8 @@ def shard_ids(uri: str, storage_options: dict[str, Any] | None = None) -> list[s
 
 
 def fingerprint(files: list[TokenFile]) -> str:
-    """Identity of a dataset's contents: shard ids and row layout (not where it is stored)."""
-    text = json.dumps([[f.shard_id, list(f.rows_per_group)] for f in files])
+    """Identity of a dataset's contents: shard ids, file checksums, row layout (not where it is stored)."""
+    text = json.dumps([[f.shard_id, f.checksum, list(f.rows_per_group)] for f in files])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -169,6 +169,10 @@ def test_incompatible_states_are_refused_with_the_reason(output, small_groups):
     loader = TokenLoader(TokenDataset(str(root), rank=0, world_size=2), batch_size=2, num_workers=2)
     with pytest.raises(IncompatibleStateError, match="num_workers=0 but this loader has num_workers=2"):
         loader.load_state_dict({**state, "batch_size": 2, "batches": 0})
+    write_output(root / "other", UNEVEN, ids_for=lambda s, r: clip_ids(s, r, (2, 3, 4)) // 2)
+    rewritten = TokenDataset(str(root / "other"), rank=0, world_size=2)  # same layout, other ids
+    with pytest.raises(IncompatibleStateError, match="another dataset: saved over 14 clips .* now holds 14"):
+        rewritten.load_state_dict(state)
     write_output(root, UNEVEN + [3])  # one more shard finished since the state was saved
     grown = TokenDataset(str(root), rank=0, world_size=2)
     with pytest.raises(IncompatibleStateError, match="another dataset: saved over 14 clips .* now holds 17"):
