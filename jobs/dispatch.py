@@ -65,8 +65,11 @@ def describe_failure(exc: BaseException) -> str:
 
 class ShardDispatcher:
     def __init__(self, launch: Launch, max_in_flight: int, max_attempts: int,
-                 on_tick: Callable[[DispatchResult, int], None] | None = None):
+                 on_tick: Callable[[DispatchResult, int], None] | None = None,
+                 straggler_min_s: float = STRAGGLER_MIN_S, retry_backoff_s: float = RETRY_BACKOFF_S):
         self.launch = launch
+        self.straggler_min_s = straggler_min_s
+        self.retry_backoff_s = retry_backoff_s
         self.max_in_flight = max(1, max_in_flight)
         self.max_attempts = max_attempts
         self.on_tick = on_tick
@@ -119,7 +122,7 @@ class ShardDispatcher:
     def _straggler(self) -> str | None:
         if not self.durations:
             return None
-        limit = max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * statistics.median(self.durations))
+        limit = max(self.straggler_min_s, STRAGGLER_FACTOR * statistics.median(self.durations))
         now = time.monotonic()
         copies: dict[str, int] = {}
         for run in self.running.values():
@@ -142,7 +145,10 @@ class ShardDispatcher:
         self.durations.append(time.monotonic() - run.started)
         for other_ref, other in list(self.running.items()):
             if other.url == run.url:
-                ray.cancel(other_ref)  # the loser's writer aborts; its result is ignored anyway
+                # not waited for: a loser that still commits finds the winner's record and
+                # discards its own files (ShardWriter's rule), so the job can end now
+                del self.running[other_ref]
+                ray.cancel(other_ref)
 
     def _failed(self, run: _Running, exc: BaseException) -> None:
         if run.url in self.result.records or any(r.url == run.url for r in self.running.values()):
@@ -154,7 +160,7 @@ class ShardDispatcher:
             log.warning("shard %s failed (attempt %d/%d): %s; retrying",
                         shard_id(run.url), len(history), self.max_attempts, reason)
             self.result.retries += 1
-            wait = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (len(history) - 1))
+            wait = min(RETRY_BACKOFF_MAX_S, self.retry_backoff_s * 2 ** (len(history) - 1))
             self.delayed.append((time.monotonic() + wait, run.url))
             return
         log.error("shard %s quarantined after %d attempts: %s", shard_id(run.url), len(history), reason)
