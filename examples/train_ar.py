@@ -29,6 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -244,41 +245,65 @@ def split_shards(uri: str, storage_options: dict[str, Any] | None, holdout: int)
     return ids[:-holdout], ids[-holdout:]
 
 
+@dataclass
+class Split:
+    """Training and held-out shards of a job output, with their id counts."""
+
+    uri: str
+    storage_options: dict[str, Any] | None
+    seed: int
+    train_ids: list[str]
+    held_ids: list[str]
+    counts: np.ndarray = field(repr=False)  # int64 [ID_SPACE], training ids
+    held_counts: np.ndarray = field(repr=False)
+    grid: tuple[int, int, int]
+    train_clips: int
+    held_clips: int
+
+    def dataset(self, held_out: bool, shuffle: bool) -> TokenDataset:
+        return TokenDataset(self.uri, seed=self.seed, shuffle=shuffle, shuffle_buffer=64,
+                            storage_options=self.storage_options,
+                            shards=self.held_ids if held_out else self.train_ids)
+
+
+def load_split(args: argparse.Namespace) -> Split:
+    so = json.loads(args.storage_options) if args.storage_options else None
+    train_ids, held_ids = split_shards(args.data, so, args.holdout_shards)
+    split = Split(args.data, so, args.seed, train_ids, held_ids, np.zeros(0), np.zeros(0), (0, 0, 0), 0, 0)
+    split.counts, split.grid, split.train_clips = id_counts(split.dataset(held_out=False, shuffle=False))
+    split.held_counts, held_grid, split.held_clips = id_counts(split.dataset(held_out=True, shuffle=False))
+    if held_grid != split.grid:
+        raise SystemExit(f"held-out clips have token grid {list(held_grid)}, training clips {list(split.grid)}")
+    largest = int(np.flatnonzero(split.counts + split.held_counts).max())
+    if largest >= args.vocab_size:
+        raise SystemExit(f"id {largest} is outside --vocab-size {args.vocab_size}")
+    return split
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    so = json.loads(args.storage_options) if args.storage_options else None
-    train_ids, held_ids = split_shards(args.data, so, args.holdout_shards)
-
-    def dataset(shards: list[str], shuffle: bool) -> TokenDataset:
-        return TokenDataset(args.data, seed=args.seed, shuffle=shuffle, shuffle_buffer=64,
-                            storage_options=so, shards=shards)
-
-    counts, grid, n_train = id_counts(dataset(train_ids, shuffle=False))
-    held_counts, held_grid, n_held = id_counts(dataset(held_ids, shuffle=False))
-    if held_grid != grid or max(np.flatnonzero(counts + held_counts)) >= args.vocab_size:
-        raise SystemExit(f"held-out grid {held_grid} vs {grid}, or ids beyond --vocab-size {args.vocab_size}")
-    entropy = entropy_nats(counts)
-    unigram_held = unigram_heldout_nats(counts, held_counts, args.vocab_size)
-    table, known = compact_table(counts, args.max_vocab)
-    print(f"data: {args.data}: train {n_train} clips from {len(train_ids)} shard(s), "
-          f"held out {n_held} clips from {', '.join(held_ids)}")
-    print(f"token grid [t, h, w] = {list(grid)}; {int(counts.sum()):,} training tokens, "
-          f"{int((counts > 0).sum()):,} distinct ids; output classes: {known} ids + other")
+    split = load_split(args)
+    entropy = entropy_nats(split.counts)
+    unigram_held = unigram_heldout_nats(split.counts, split.held_counts, args.vocab_size)
+    table, known = compact_table(split.counts, args.max_vocab)
+    print(f"data: {args.data}: train {split.train_clips} clips from {len(split.train_ids)} shard(s), "
+          f"held out {split.held_clips} clips from {', '.join(split.held_ids)}")
+    print(f"token grid [t, h, w] = {list(split.grid)}; {int(split.counts.sum()):,} training tokens, "
+          f"{int((split.counts > 0).sum()):,} distinct ids; output classes: {known} ids + other")
     print(f"unigram entropy of the training tokens: {entropy:.4f} nats/token ({entropy / math.log(2):.4f} bits)")
 
     spec = SequenceSpec(vocab_size=known + 1)  # compact ids 0..known-1, "other" = known
-    clip_len = int(np.prod(grid)) + 2  # BOV + ids + EOV
-    seq_len = args.seq_len or math.ceil(clip_len / math.ceil(clip_len / 1024))
-    collate = CompactPack(table, spec, seq_len)
-    model = TinyGPT(spec.total_vocab, grid, args.dim, args.layers, args.heads)
-    loader = TokenLoader(dataset(train_ids, shuffle=True), batch_size=args.clips_per_step,
+    clip_len = int(np.prod(split.grid)) + 2  # BOV + ids + EOV
+    collate = CompactPack(table, spec, args.seq_len or math.ceil(clip_len / math.ceil(clip_len / 1024)))
+    model = TinyGPT(spec.total_vocab, split.grid, args.dim, args.layers, args.heads)
+    loader = TokenLoader(split.dataset(held_out=False, shuffle=True), batch_size=args.clips_per_step,
                          num_workers=args.num_workers, collate_fn=collate)
     started = time.time()
     train(model, loader, args.steps, args.lr, args.log_every)
     seconds = time.time() - started
-    held_loader = TokenLoader(dataset(held_ids, shuffle=False), batch_size=1, collate_fn=collate)
+    held_loader = TokenLoader(split.dataset(held_out=True, shuffle=False), batch_size=1, collate_fn=collate)
     held, held_tokens = heldout_nats(model, held_loader, other=known, outside=args.vocab_size - known)
     print(f"held-out per-token loss: {held:.4f} nats/token ({held / math.log(2):.4f} bits) over "
           f"{held_tokens:,} tokens; training-unigram model on held-out: {unigram_held:.4f} nats/token")
@@ -287,8 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"trained {args.steps} steps in {seconds:.0f} s")
     if args.json:
         print(json.dumps({"unigram_entropy_nats": entropy, "heldout_loss_nats": held,
-                          "unigram_heldout_nats": unigram_held, "train_clips": n_train, "heldout_clips": n_held,
-                          "heldout_tokens": held_tokens, "steps": args.steps, "train_seconds": seconds}))
+                          "unigram_heldout_nats": unigram_held, "train_clips": split.train_clips,
+                          "heldout_clips": split.held_clips, "heldout_tokens": held_tokens,
+                          "steps": args.steps, "train_seconds": seconds}))
     return 0 if below else 1
 
 

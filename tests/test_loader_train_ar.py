@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_example():
     spec = importlib.util.spec_from_file_location("train_ar", ROOT / "examples" / "train_ar.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["train_ar"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
