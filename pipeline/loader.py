@@ -300,6 +300,8 @@ class TokenLoader:
         collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
         **dataloader_kwargs: Any,
     ):
+        if batch_size < 1:
+            raise ValueError(f"TokenLoader needs batch_size >= 1, got {batch_size}")
         for name, bad in (("drop_last", True), ("persistent_workers", True), ("in_order", False)):
             if dataloader_kwargs.get(name, not bad) == bad:
                 raise ValueError(f"TokenLoader cannot track its position with {name}={bad}")
