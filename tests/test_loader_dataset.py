@@ -56,8 +56,11 @@ def test_two_ranks_two_workers_read_every_clip_exactly_once(output):
     seen = []
     for rank in range(2):
         ds = TokenDataset(str(root), rank=rank, world_size=2, seed=3, shuffle_buffer=4)
-        got = loader_keys(TokenLoader(ds, batch_size=2, num_workers=2, collate_fn=list))
+        loader = TokenLoader(ds, batch_size=3, num_workers=2, collate_fn=list)
+        batches = list(loader)
+        got = [key for batch in batches for key in keys_of(batch)]
         assert len(got) == ds.num_samples == 7
+        assert len(batches) == len(loader) == 3  # workers hold 4 and 3 clips: batches 3+1 and 3
         seen.extend(got)
     assert sorted(seen) == sorted(keys) and len(seen) == len(set(seen)) == 14
 
