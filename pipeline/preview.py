@@ -126,10 +126,10 @@ def compare_image(original: np.ndarray, recon: np.ndarray, count: int, title: st
     for col, f in enumerate(picks):
         x = col * width
         canvas.paste(Image.fromarray(original[f]), (x, LABEL_HEIGHT))
-        draw.text((x + 4, LABEL_HEIGHT + height + 2), f"original f{f}", fill="white")
+        draw.text((x + 4, LABEL_HEIGHT + height + 2), f"f{f}", fill="white")
         canvas.paste(Image.fromarray(recon[f]), (x, LABEL_HEIGHT + strip))
         draw.text((x + 4, LABEL_HEIGHT + strip + height + 2),
-                  f"tokens f{f}  {frame_psnr(original[f], recon[f]):.1f} dB", fill="white")
+                  f"f{f} {frame_psnr(original[f], recon[f]):.1f}dB", fill="white")
     return canvas
 
 
