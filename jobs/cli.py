@@ -72,6 +72,8 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", required=True, help="clip key (the `key` column)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for KEY-compare.png and KEY.mp4")
     p.add_argument("--frames", type=int, default=6, help="frames shown in the PNG (default 6)")
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec option for the output and source shards (repeatable)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
