@@ -27,6 +27,7 @@ DataLoader with num_workers > 0 works for reading but its position cannot be sav
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,7 +50,7 @@ from pipeline.loader_plan import (
     unit_order,
     worker_progress,
 )
-from pipeline.loader_rows import rows_from_table, to_item
+from pipeline.loader_rows import rows_from_table, rows_from_tar, to_item
 from pipeline.manifest import read_manifest
 from pipeline.storage import get_fs
 
@@ -65,54 +66,53 @@ class IncompatibleStateError(ValueError):
 class TokenFile:
     shard_id: str
     path: str  # full path or URL
-    rows_per_group: tuple[int, ...]
+    rows_per_group: tuple[int, ...]  # a WebDataset tar is one group: it can only be streamed
     checksum: str  # of the whole file, from its manifest record
+    format: str = "parquet"  # parquet | webdataset
 
 
-def _manifest_shards(uri: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
-    """shard id -> (token file path, checksum), for shards with a manifest record (the only ones trusted)."""
+def _manifest_files(uri: str, storage_options: dict[str, Any] | None) -> dict[str, TokenFile]:
+    """shard id -> its token file (rows not yet known for Parquet), for shards with a manifest record."""
     base = uri.rstrip("/")
-    paths = {}
+    files = {}
     for shard, record in read_manifest(uri, storage_options).items():
-        if record.format != "parquet":
-            raise ValueError(
-                f"{uri}: shard {shard} was written as {record.format!r}; TokenDataset reads the parquet format"
-            )
-        rel = record.outputs["tokens"].path
-        path = rel if "://" in rel or rel.startswith("/") else f"{base}/{rel}"
-        paths[shard] = (path, record.outputs["tokens"].checksum)
-    return paths
+        out = record.outputs["tokens"]
+        path = out.path if "://" in out.path or out.path.startswith("/") else f"{base}/{out.path}"
+        files[shard] = TokenFile(shard, path, (out.rows,), out.checksum, record.format)
+    return files
 
 
 def discover(
     uri: str, storage_options: dict[str, Any] | None = None, shards: Sequence[str] | None = None
 ) -> list[TokenFile]:
     """The token files of a job output (or of the listed shard ids), sorted by shard id."""
-    paths = _manifest_shards(uri, storage_options)
-    if not paths:
+    files = _manifest_files(uri, storage_options)
+    if not files:
         raise FileNotFoundError(f"{uri}: no finished shards (no records under _manifest/)")
     if shards is not None:
-        missing = sorted(set(shards) - set(paths))
+        missing = sorted(set(shards) - set(files))
         if missing:
             raise KeyError(f"{uri}: no finished shard with id {', '.join(missing)}")
-        paths = {s: paths[s] for s in shards}
+        files = {s: files[s] for s in shards}
     fs, _ = get_fs(uri, storage_options)
 
     def footer(shard: str) -> TokenFile:
-        url, checksum = paths[shard]
-        with fs.open(get_fs(url, storage_options)[1], "rb") as handle:
+        tf = files[shard]
+        if tf.format != "parquet":
+            return tf  # the record's row count is the whole layout of a tar
+        with fs.open(get_fs(tf.path, storage_options)[1], "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
         counts = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        return TokenFile(shard, url, counts, checksum)
+        return dataclasses.replace(tf, rows_per_group=counts)
 
     # footers are small reads; on S3 their latency dominates, so read several at once
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(footer, sorted(paths)))
+        return list(pool.map(footer, sorted(files)))
 
 
 def shard_ids(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Ids of the finished shards of a job output, sorted."""
-    return sorted(_manifest_shards(uri, storage_options))
+    return sorted(_manifest_files(uri, storage_options))
 
 
 def fingerprint(files: list[TokenFile]) -> str:
@@ -255,13 +255,17 @@ class TokenDataset(IterableDataset):
                 return
             yield to_item(rows.pop(taken))
 
-    def _read(self, segment: Segment) -> list[dict[str, Any]]:
+    def _read(self, segment: Segment) -> Iterator[dict[str, Any]]:
+        """Records of a segment: a Parquet row group is read whole, a tar is streamed."""
         unit = self.units[segment.unit]
         tf = self.files[unit.file]
         fs, path = get_fs(tf.path, self.storage_options)
         with fs.open(path, "rb") as handle:
+            if tf.format == "webdataset":
+                yield from rows_from_tar(handle, segment.start, segment.stop)
+                return
             table = pq.ParquetFile(handle).read_row_group(unit.row_group)
-        return rows_from_table(table, segment.start, segment.stop)
+        yield from rows_from_table(table, segment.start, segment.stop)
 
     def _stream(self, segments: list[Segment], start: int) -> Iterator[dict[str, Any]]:
         """Rows of a consumer from position `start` on, one row group in memory at a time."""
@@ -278,7 +282,8 @@ class TokenDataset(IterableDataset):
         for seg in segments:
             hits = [p for p in range(offset, offset + seg.num_rows) if p in wanted]
             if hits:
-                records = self._read(seg)
+                last = Segment(seg.unit, seg.start, seg.start + hits[-1] - offset + 1)  # stop after it
+                records = list(self._read(last))
                 rows.update({p: records[p - offset] for p in hits})
             offset += seg.num_rows
         return rows

@@ -1,8 +1,9 @@
 """Token rows from Arrow to training items, with ids kept integral all the way.
 
-A row group is read as an Arrow table and cut into light per-row records (ids as a flat uint16
+A Parquet row group is read as an Arrow table and cut into light per-row records (ids as a flat uint16
 numpy copy, so a row held in a shuffle buffer does not pin its whole row group in memory).
-`to_item` turns a record into the dict a training loop sees:
+A WebDataset token tar (`<name>.npy` + `<name>.json` per clip, see `pipeline.token_files`) is
+streamed into the same records. `to_item` turns a record into the dict a training loop sees:
 
     key, source_url, sample_key, clip_index, start_frame, num_frames, fps, height, width,
     tokenizer, meta (parsed JSON or None), caption (str or None), and either
@@ -14,8 +15,11 @@ Ids never pass through a float dtype: uint16 on disk -> uint16 numpy -> int64 te
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import tarfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -78,6 +82,42 @@ def rows_from_table(table: pa.Table, start: int, stop: int) -> list[dict[str, An
     else:
         raise ValueError(f"token file has neither 'tokens' nor 'latents' (columns: {part.column_names})")
     return rows
+
+
+def _tar_record(npy: bytes, text: bytes) -> dict[str, Any]:
+    fields = json.loads(text)
+    array = np.load(io.BytesIO(npy), allow_pickle=False)
+    row = {name: fields.get(name) for name in SCALAR_COLUMNS if name in fields}
+    if "token_shape" in fields:
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"clip {row.get('key')}: ids stored as {array.dtype}; they must be integers")
+        row["ids"], row["shape"] = array.reshape(-1), tuple(fields["token_shape"])
+    else:  # bfloat16 latents are carried as their uint16 bit pattern: the bytes are what matter
+        row["latent_bytes"], row["shape"] = array.tobytes(), tuple(fields["latent_shape"])
+        row["latent_dtype"] = fields["latent_dtype"]
+    return row
+
+
+def rows_from_tar(handle: Any, start: int, stop: int) -> Iterator[dict[str, Any]]:
+    """Records for clips [start, stop) of a token tar, streamed (members before `start` are skipped
+    unread); clips are counted in member order, each being a `.npy` and a `.json` of one name."""
+    pending: dict[str, dict[str, bytes]] = {}
+    index = 0
+    with tarfile.open(fileobj=handle, mode="r|") as tar:
+        for member in tar:
+            if index >= stop:
+                return
+            if not member.isfile():
+                continue
+            name, _, ext = member.name.rpartition(".")
+            parts = pending.setdefault(name, {})
+            extracted = tar.extractfile(member) if index >= start else None
+            parts[ext] = extracted.read() if extracted else b""
+            if "npy" in parts and "json" in parts:
+                del pending[name]
+                if index >= start:
+                    yield _tar_record(parts["npy"], parts["json"])
+                index += 1
 
 
 def _parse_meta(text: str | None, key: str) -> Any:

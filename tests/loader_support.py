@@ -30,17 +30,18 @@ def write_output(
     shape: tuple[int, int, int] = (2, 3, 4),
     ids_for=None,
     manifest: bool | list[bool] = True,
+    fmt: str = "parquet",
 ) -> list[str]:
     """A job output under `root` with one shard per entry of `rows_per_shard`; returns all keys.
 
     `ids_for(shard, row) -> int array [t, h, w]` overrides the ids; `manifest=False` (or a list)
-    leaves some shards without a record, i.e. unfinished.
+    leaves some shards without a record, i.e. unfinished; `fmt="webdataset"` writes token tars.
     """
     flags = manifest if isinstance(manifest, list) else [manifest] * len(rows_per_shard)
     keys = []
     for s, count in enumerate(rows_per_shard):
         sid = f"shard{s:03d}-0000abcd"
-        writer = ShardWriter(str(root), sid, f"file:///src/{sid}.tar") if flags[s] else _BareWriter(root, sid)
+        writer = ShardWriter(str(root), sid, f"file:///src/{sid}.tar", fmt=fmt) if flags[s] else _BareWriter(root, sid)
         for r in range(count):
             key = clip_key(sid, f"video{r:03d}", 0)
             info = ClipInfo(

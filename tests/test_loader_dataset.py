@@ -207,15 +207,16 @@ def test_reading_is_streamed_one_row_group_at_a_time(output, monkeypatch):
     assert len(reads) == 1  # 6 row groups in the dataset
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_continuous_latents_come_back_bit_exact(tmp_path, dtype):
+def test_continuous_latents_come_back_bit_exact(tmp_path, dtype, fmt):
     """Latents [c,t,h,w] written by ShardWriter are returned with their shape, dtype and bits."""
     from pipeline.output import ShardWriter
     from pipeline.records import ShardStats
     from pipeline.token_files import ClipInfo
 
     latents = {}
-    writer = ShardWriter(str(tmp_path), "lat-00000000", "file:///src/lat.tar")
+    writer = ShardWriter(str(tmp_path), "lat-00000000", "file:///src/lat.tar", fmt=fmt)
     for r in range(3):
         key = f"lat-00000000.v{r}.0000"
         latents[key] = torch.randn(4, 2, 3, 5, generator=torch.Generator().manual_seed(r)).to(dtype)
