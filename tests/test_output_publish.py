@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 URL = "/data/in-000001.tar"
 
 _SLOW_WRITER = textwrap.dedent("""
-    import sys, time
+    import json, sys, time
     from pipeline.output import ShardWriter
     from pipeline.records import ShardStats, shard_id
     from tests.output_support import clip_ids, clip_info
-    out, url = sys.argv[1], sys.argv[2]
-    w = ShardWriter(out, shard_id(url), url)
+    out, url, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    w = ShardWriter(out, shard_id(url), url, storage_options=opts)
     for s in range(100000):
         w.add(clip_info(url, s, 0), clip_ids(url, s, 0), "DV4x8x8-tiny")
         if s == 600:  # two row groups are on disk in the temporary file by now
@@ -51,7 +52,7 @@ def test_writer_killed_mid_file_leaves_no_output_and_rerun_completes(tmp_path):
     spec = make_spec(str(out))
     fp = fingerprint_for(spec)
     prepare_output(spec, fp, shards_total=1)
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out), URL], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out), URL, "{}"], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     temps = list((out / "tokens" / "_tmp").iterdir())
@@ -149,3 +150,22 @@ def test_straggler_on_s3_does_not_replace_the_recorded_shard(s3_server, s3_bucke
     fs = s3_server.filesystem()
     assert fs.size(f"{s3_bucket}/out/{first.outputs['tokens'].path}") == first.outputs["tokens"].size
     assert fs.ls(f"{s3_bucket}/out/tokens") == [f"{s3_bucket}/out/{first.outputs['tokens'].path}"]
+
+
+def test_writer_killed_mid_file_on_s3_leaves_nothing_and_rerun_completes(s3_server, s3_bucket):
+    """The same kill against the S3 endpoint: no object under tokens/ or _manifest/ until a rerun."""
+    out, opts = f"s3://{s3_bucket}/out", s3_server.storage_options
+    spec = make_spec(out, opts)
+    fp = fingerprint_for(spec)
+    prepare_output(spec, fp, shards_total=1)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, out, URL, json.dumps(opts)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    fs = s3_server.filesystem()
+    assert fs.find(f"{s3_bucket}/out") == [f"{s3_bucket}/out/job.json"]
+    assert plan_shards([URL], out, opts)[0] == [URL]
+    record = write_shard(out, URL, fp, samples=4, storage_options=opts, attempt=2)
+    assert plan_shards([URL], out, opts) == ([], {shard_id(URL): record})
+    assert fs.size(f"{s3_bucket}/out/{record.outputs['tokens'].path}") == record.outputs["tokens"].size
