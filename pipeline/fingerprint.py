@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any
 
+from schemas.config import SpecError
 from schemas.errors import ERRORS_SCHEMA_VERSION
 from schemas.jobspec import JobSpec
 from schemas.tokens import (
@@ -19,6 +20,7 @@ from schemas.tokens import (
     META_TOKENIZER_CONFIG,
     META_WEIGHTS_HASH,
     TOKENS_SCHEMA_VERSION,
+    check_vocab_size,
 )
 
 DIGEST = "digest"
@@ -33,7 +35,17 @@ def _sha(text: str) -> str:
 
 
 def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_hash: str) -> dict[str, Any]:
-    """Dotted field -> value for everything that changes tokens, plus "digest" over all of them."""
+    """Dotted field -> value for everything that changes tokens, plus "digest" over all of them.
+
+    Also the earliest place a job sees its tokenizer's config: a vocabulary that uint16 ids
+    cannot hold is refused here, as a SpecError on tokenizer.name (exit 2, nothing written).
+    """
+    vocab = tokenizer_config.get("vocab_size")
+    if isinstance(vocab, int):
+        try:
+            check_vocab_size(vocab, spec.tokenizer.name)
+        except ValueError as exc:
+            raise SpecError("tokenizer.name", str(exc)) from None
     clips = spec.clips
     components: dict[str, Any] = {
         "tokenizer.name": spec.tokenizer.name,

@@ -31,7 +31,7 @@ from pipeline import storage
 from pipeline.records import DeadLetter, ShardStats
 from pipeline.token_files import ClipInfo, ParquetTokenFile, TarTokenFile, normalise, write_error_file
 from schemas.manifest import ERRORS_DIR, MANIFEST_DIR, TMP_DIR, TOKENS_DIR, ManifestRecord, OutputFile
-from schemas.tokens import META_FINGERPRINT, META_SHARD_ID, META_SOURCE_URL, Kind
+from schemas.tokens import META_FINGERPRINT, META_SHARD_ID, META_SOURCE_URL, META_TOKENIZER_CONFIG, Kind
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def record_path(shard_id: str) -> str:
 class ShardWriter:
     """Writes one shard's token and error files and publishes them with a manifest record.
 
-    `kind` ("discrete" | "continuous") is taken from the first `add` when not given; a shard
-    without any clip then gets a discrete-schema empty file. `file_metadata` should come from
+    `kind` ("discrete" | "continuous"), when not given, comes from the tokenizer config in
+    `file_metadata` (its "discrete" flag), else from the first `add`; it fixes the schema of
+    an empty shard's file, so every file of a job has the same columns. `file_metadata` should come from
     `pipeline.manifest.token_file_metadata` (tokenizer config, weights hash, fingerprint).
     """
 
@@ -67,10 +68,11 @@ class ShardWriter:
         if fmt not in _EXT:
             raise ValueError(f"output format must be one of {sorted(_EXT)}, got {fmt!r}")
         self.output_uri, self.shard_id, self.source_url = output_uri, shard_id, source_url
-        self.fmt, self.attempt, self.kind = fmt, attempt, kind
+        self.fmt, self.attempt = fmt, attempt
         self.fs, self.root = storage.get_fs(output_uri, storage_options)
         self.metadata = dict(file_metadata or {})
         self.metadata.update({META_SHARD_ID: shard_id, META_SOURCE_URL: source_url})
+        self.kind = kind or _kind_from_config(self.metadata.get(META_TOKENIZER_CONFIG))
         self.started_at = time.time()
         self._errors: list[dict[str, str]] = []
         self._tokens: ParquetTokenFile | TarTokenFile | None = None
@@ -242,6 +244,16 @@ class ShardWriter:
                 os.remove(os.path.join(self._tmp_dir, name))
         if self._tmp_local:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
+
+
+def _kind_from_config(config_json: str | None) -> Kind | None:
+    try:
+        discrete = json.loads(config_json or "{}").get("discrete")
+    except (ValueError, AttributeError):
+        return None
+    if discrete is None:
+        return None
+    return "discrete" if discrete else "continuous"
 
 
 def _same_files(a: ManifestRecord, b: ManifestRecord) -> bool:

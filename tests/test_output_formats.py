@@ -135,3 +135,24 @@ def test_empty_shard_still_gets_token_and_error_files(tmp_path):
     assert record.outputs["tokens"].rows == 0
     assert pq.read_table(tmp_path / "out" / record.outputs["tokens"].path).num_rows == 0
     assert pq.read_table(tmp_path / "out" / record.outputs["errors"].path).num_rows == 0
+
+
+def test_empty_shard_of_a_continuous_job_has_the_continuous_schema(tmp_path):
+    """The tokenizer config in the file metadata fixes the schema even when no clip arrives."""
+    from pipeline.fingerprint import token_file_metadata
+
+    meta = token_file_metadata({"digest": "d"}, {"discrete": False, "vocab_size": None}, "w")
+    record = ShardWriter(str(tmp_path / "out"), "s-5", URL, file_metadata=meta).commit(ShardStats())
+    schema = pq.read_schema(tmp_path / "out" / record.outputs["tokens"].path)
+    assert "latents" in schema.names and "tokens" not in schema.names
+
+
+def test_job_with_a_too_large_vocabulary_is_refused_at_fingerprint_time(tmp_path):
+    """A 2**17-id tokenizer is a SpecError on tokenizer.name before anything is written."""
+    from pipeline.fingerprint import job_fingerprint
+    from schemas.config import SpecError
+
+    spec = make_spec(str(tmp_path / "out"))
+    with pytest.raises(SpecError) as err:
+        job_fingerprint(spec, {"discrete": True, "vocab_size": 1 << 17}, "w")
+    assert err.value.field == "tokenizer.name" and "131,072" in str(err.value)
