@@ -23,6 +23,30 @@ def _as3(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return value if isinstance(value, tuple) else (value, value, value)
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+
+
+def same_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`y` in the memory layout of `like` (pools and cats return NCDHW even for channels-last inputs)."""
+    return y.contiguous(memory_format=torch.channels_last_3d) if _channels_last(like) else y
+
+
+def cat_time(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along time that keeps a channels-last layout (torch.cat would return NCDHW)."""
+    ref = parts[-1]
+    if not _channels_last(ref):
+        return torch.cat(parts, dim=2)
+    shape = list(ref.shape)
+    shape[2] = sum(p.shape[2] for p in parts)
+    out = torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=torch.channels_last_3d)
+    start = 0
+    for p in parts:
+        out[:, :, start:start + p.shape[2]] = p
+        start += p.shape[2]
+    return out
+
+
 def stream_window(state: dict, x: torch.Tensor, kernel: int, stride: int, front_pad: int) -> torch.Tensor:
     """Frames a temporal window op (kernel, stride) can consume now, carrying the rest to the next call.
 
@@ -32,7 +56,7 @@ def stream_window(state: dict, x: torch.Tensor, kernel: int, stride: int, front_
     tail = state.get("tail")
     if tail is None:
         tail = x[:, :, :1].repeat(1, 1, front_pad, 1, 1)
-    buf = torch.cat([tail, x], dim=2) if tail.shape[2] else x
+    buf = cat_time([tail, x]) if tail.shape[2] else x
     n_out = (buf.shape[2] - kernel) // stride + 1 if buf.shape[2] >= kernel else 0
     if n_out == 0:
         raise ValueError(
@@ -47,7 +71,7 @@ def replicate_first(x: torch.Tensor, n: int) -> torch.Tensor:
     """Prepend n copies of the first frame: x [B, C, T, H, W] -> [B, C, T+n, H, W]."""
     if n == 0:
         return x
-    return torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+    return cat_time([x[:, :, :1].expand(-1, -1, n, -1, -1), x])
 
 
 class CausalConv3d(nn.Module):
@@ -92,13 +116,18 @@ class CausalNormalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_groups != 1:
             return self.norm(x)
-        # Per-frame statistics over (C, H, W) without folding time into batch (no permute copy);
-        # computed in fp32 so bf16/fp16 runs normalise like fp32 ones.
+        weight, bias = self.norm.weight.float(), self.norm.bias.float()
+        if x.is_contiguous(memory_format=torch.channels_last_3d):
+            # Channels-last: each frame's (H, W, C) block is contiguous, so one fused layer_norm
+            # per frame; computed in fp32 so bf16/fp16 runs normalise like fp32 ones.
+            frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
+            y = F.layer_norm(frames.float(), frames.shape[2:], eps=self.norm.eps) * weight + bias
+            return y.to(x.dtype).permute(0, 4, 1, 2, 3)
         xf = x.float()
         var, mean = torch.var_mean(xf, dim=(1, 3, 4), keepdim=True, correction=0)
         y = (xf - mean) * torch.rsqrt(var + self.norm.eps)
         shape = (1, -1, 1, 1, 1)
-        return (y * self.norm.weight.float().view(shape) + self.norm.bias.float().view(shape)).to(x.dtype)
+        return (y * weight.view(shape) + bias.view(shape)).to(x.dtype)
 
 
 class CausalResnetBlockFactorized3d(nn.Module):
@@ -178,7 +207,7 @@ class CausalTemporalAttnBlock(_AttnProjections):
         state = self._stream
         assert state is not None
         if "k" in state:
-            k = torch.cat([state["k"], k], dim=2)
+            k = torch.cat([state["k"], k], dim=2)  # [(B H W), 1, T, C]: plain layout
             v = torch.cat([state["v"], v], dim=2)
         state["k"], state["v"] = k, v
         past, t = k.shape[2] - q.shape[2], q.shape[2]
@@ -214,7 +243,7 @@ class CausalHybridDownsample3d(nn.Module):
             return x
         if self.spatial_down:
             x = F.pad(x, (0, 1, 0, 1, 0, 0))
-            x = self.conv1(x) + F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+            x = self.conv1(x) + same_format(F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2)), x)
         if self.temporal_down:
             x = self._temporal(x)
         return self.conv3(x)
@@ -222,13 +251,13 @@ class CausalHybridDownsample3d(nn.Module):
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is None:
             x = replicate_first(x, 1)
-            pooled = F.avg_pool3d(x, kernel_size=(2, 1, 1), stride=(2, 1, 1))
+            pooled = same_format(F.avg_pool3d(x, kernel_size=(2, 1, 1), stride=(2, 1, 1)), x)
             return self.conv2(x) + pooled
         if not self._stream.get("started"):
             x = replicate_first(x, 1)
             self._stream["started"] = True
         pooled = F.avg_pool3d(stream_window(self._stream, x, 2, 2, 0), kernel_size=(2, 1, 1), stride=(2, 1, 1))
-        return self.conv2(x) + pooled
+        return self.conv2(x) + same_format(pooled, x)
 
 
 class CausalHybridUpsample3d(nn.Module):
@@ -256,10 +285,10 @@ class CausalHybridUpsample3d(nn.Module):
             if self._stream is not None:
                 self._stream["started"] = True
             # 1 + k frames -> 1 + 2k (the official "time_factor" of 1 for a single frame gives the same).
-            x = x.repeat_interleave(2, dim=2)
+            x = F.interpolate(x, scale_factor=(2.0, 1.0, 1.0), mode="nearest")  # = repeat_interleave(2), keeps layout
             x = x[:, :, 1:] if first else x
             x = self.conv1(x) + x
         if self.spatial_up:
-            x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
             x = self.conv2(x) + x
         return self.conv3(x)

