@@ -104,9 +104,17 @@ def probe(data: bytes) -> VideoInfo:
 
 def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
                 size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
-    """PyAV backend: sequential decode in one thread, RGB + resize only for wanted frames."""
-    import av
+    """PyAV backend: sequential decode in one thread, RGB + resize only for wanted frames.
 
+    Scaling is two swscale passes with reused contexts: area-average in YUV 4:2:0 down to the
+    output size (SIMD paths), then an unscaled YUV->RGB conversion of the small frame. One
+    scaled YUV->RGB pass runs swscale's slow generic path, and `frame.reformat` rebuilds its
+    context (filter tables) on every call: together ~1.5x slower here (docs/data.md).
+    """
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    scale, to_rgb = VideoReformatter(), VideoReformatter()
     want = iter(wanted)
     target = next(want, None)
     try:
@@ -119,8 +127,9 @@ def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
                 if index < target:
                     continue
                 _check_frame_size(frame.width, frame.height, info)
-                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
-                out = rgb.to_ndarray()
+                small = scale.reformat(frame, width=size[0], height=size[1], format="yuv420p",
+                                       interpolation="AREA")
+                out = to_rgb.reformat(small, format="rgb24").to_ndarray()  # out: [h, w, 3]
                 while target is not None and target <= index:
                     yield index, out
                     target = next(want, None)

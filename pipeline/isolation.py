@@ -25,6 +25,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.clips import DecodedClip, VideoDone, cut_clips
 from pipeline.decode import VideoError
 from schemas.jobspec import ClipSpec
@@ -33,6 +35,7 @@ CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
 # seconds the parent waits for the next message from the child before declaring it hung; a
 # single 17-frame clip of 8K video decodes in well under this on one core
 DEFAULT_TIMEOUT_S = 300.0
+SOCKET_BUFFER = 4 * 1024 * 1024
 _REPO = str(Path(__file__).resolve().parents[1])
 
 
@@ -46,6 +49,7 @@ class DecodeWorker:
         self._conn: Connection | None = None  # parent <-> child, duplex over a socketpair
 
     def __enter__(self) -> DecodeWorker:
+        self._start()  # the child's imports (~0.2 s) overlap with reading the first sample
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -55,6 +59,9 @@ class DecodeWorker:
         import socket
 
         parent_sock, child_sock = socket.socketpair()
+        for sock in (parent_sock, child_sock):  # room for a whole clip: fewer wake-ups per clip
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
         self._proc = subprocess.Popen(
@@ -125,7 +132,16 @@ class DecodeWorker:
         if message is None:
             how = self._kill()
             raise VideoError("decode", "DecoderTimeout", f"no answer in {self.timeout_s:.0f} s ({how})")
-        return message
+        kind, payload = message
+        if kind == "clip":  # header then raw pixels: no pickling of the frames on either side
+            index, start, fps, shape = payload
+            frames = np.empty(shape, np.uint8)
+            try:
+                conn.recv_bytes_into(frames.reshape(-1))  # a 1-D view: multiprocessing sizes by len()
+            except (EOFError, OSError):
+                raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
+            payload = DecodedClip(index, start, fps, frames)
+        return kind, payload
 
 
 def _serve(conn: Connection) -> None:
@@ -140,7 +156,11 @@ def _serve(conn: Connection) -> None:
         spec_fields["resolution"] = tuple(spec_fields["resolution"])
         try:
             for item in cut_clips(data, ClipSpec(**spec_fields)):
-                conn.send(("done" if isinstance(item, VideoDone) else "clip", item))
+                if isinstance(item, VideoDone):
+                    conn.send(("done", item))
+                else:
+                    conn.send(("clip", (item.index, item.start_frame, item.fps, item.frames.shape)))
+                    conn.send_bytes(np.ascontiguousarray(item.frames).reshape(-1))  # 1-D: byte length
         except VideoError as exc:
             conn.send(("error", (exc.stage, exc.error_type, str(exc))))
         except Exception as exc:  # a decoder bug on one file must not end the shard
