@@ -160,7 +160,7 @@ def _serve(conn: Connection) -> None:
                     conn.send(("done", item))
                 else:
                     conn.send(("clip", (item.index, item.start_frame, item.fps, item.frames.shape)))
-                    conn.send_bytes(memoryview(np.ascontiguousarray(item.frames).reshape(-1)))  # 1-D: byte length
+                    conn.send_bytes(np.ascontiguousarray(item.frames).reshape(-1).data)  # 1-D: len() = bytes
         except VideoError as exc:
             conn.send(("error", (exc.stage, exc.error_type, str(exc))))
         except Exception as exc:  # a decoder bug on one file must not end the shard
