@@ -126,3 +126,16 @@ def test_haar_2d_patcher_splits_width_first_and_inverts() -> None:
     assert torch.allclose(UnPatcher(4, "haar")(out), x, atol=1e-6)
     # The lowest band is the 4x4 block average: the first channels are a small image.
     assert torch.allclose(out[:, 0], F.avg_pool2d(x, 4)[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_runs_with_fsq_in_fp32(dtype: str) -> None:
+    """bf16/fp16 weights: FSQ still quantises in fp32, ids stay int64 and mostly agree with fp32."""
+    tok, ref = _tok("DV8x16x16-tiny"), _tok("DV8x16x16-tiny")
+    tok = tok.to(getattr(torch, dtype))
+    x = _video(17)
+    ids, ref_ids = tok.encode(x), ref.encode(x)
+    assert ids.dtype == torch.int64
+    assert (ids == ref_ids).float().mean() > 0.8
+    assert tok.decode(ids).dtype == getattr(torch, dtype)
+    assert torch.equal(tok.encode(x, mode="stream", chunk_frames=8), ids)

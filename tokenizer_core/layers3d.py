@@ -27,11 +27,6 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
 
 
-def same_format(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`y` in the memory layout of `like` (pools and cats return NCDHW even for channels-last inputs)."""
-    return y.contiguous(memory_format=torch.channels_last_3d) if _channels_last(like) else y
-
-
 def cat_time(parts: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat along time that keeps a channels-last layout (torch.cat would return NCDHW)."""
     ref = parts[-1]
@@ -45,6 +40,19 @@ def cat_time(parts: list[torch.Tensor]) -> torch.Tensor:
         out[:, :, start:start + p.shape[2]] = p
         start += p.shape[2]
     return out
+
+
+def pair_mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Average pooling with kernel = stride = 2 along `dims` (a trailing odd element is dropped, like
+    F.avg_pool3d). Written with strided slices because avg_pool3d has no bf16/fp16 CPU kernel and
+    returns NCDHW for channels-last input."""
+    for dim in dims:
+        n = x.shape[dim] // 2
+        even = [slice(None)] * x.ndim
+        odd = [slice(None)] * x.ndim
+        even[dim], odd[dim] = slice(0, 2 * n, 2), slice(1, 2 * n, 2)
+        x = (x[tuple(even)] + x[tuple(odd)]) * 0.5
+    return x
 
 
 def stream_window(state: dict, x: torch.Tensor, kernel: int, stride: int, front_pad: int) -> torch.Tensor:
@@ -243,7 +251,7 @@ class CausalHybridDownsample3d(nn.Module):
             return x
         if self.spatial_down:
             x = F.pad(x, (0, 1, 0, 1, 0, 0))
-            x = self.conv1(x) + same_format(F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2)), x)
+            x = self.conv1(x) + pair_mean(x, (3, 4))
         if self.temporal_down:
             x = self._temporal(x)
         return self.conv3(x)
@@ -251,13 +259,11 @@ class CausalHybridDownsample3d(nn.Module):
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is None:
             x = replicate_first(x, 1)
-            pooled = same_format(F.avg_pool3d(x, kernel_size=(2, 1, 1), stride=(2, 1, 1)), x)
-            return self.conv2(x) + pooled
+            return self.conv2(x) + pair_mean(x, (2,))
         if not self._stream.get("started"):
             x = replicate_first(x, 1)
             self._stream["started"] = True
-        pooled = F.avg_pool3d(stream_window(self._stream, x, 2, 2, 0), kernel_size=(2, 1, 1), stride=(2, 1, 1))
-        return self.conv2(x) + same_format(pooled, x)
+        return self.conv2(x) + pair_mean(stream_window(self._stream, x, 2, 2, 0), (2,))
 
 
 class CausalHybridUpsample3d(nn.Module):
