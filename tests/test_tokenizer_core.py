@@ -225,3 +225,17 @@ def test_full_size_preset_runs_at_small_resolution() -> None:
     assert ids.shape == (1, 3, 2, 2) and len(torch.unique(ids)) > 1
     assert torch.equal(ids, tok.encode(x, mode="stream", chunk_frames=8))
     assert math.isclose(sum(p.numel() for p in tok.parameters()) / 1e6, 112.47, abs_tol=0.01)
+
+
+@pytest.mark.parametrize("name", ["DV4x8x8-tiny", "CV8x8x8-tiny", "DI8x8-tiny"])
+def test_forward_is_differentiable_end_to_end(name: str) -> None:
+    """Training path: the reconstruction loss reaches the encoder's first conv (FSQ straight-through)."""
+    tok = tc.from_pretrained(name, init="random").train()
+    t, _ = _factors(name)
+    x = _video(1, 1 + t, 32, 32) if tok.config.video else _video(1, 1, 32, 32)[:, :, 0]
+    out = tok.forward_with_latents(x)
+    assert out.reconstruction.shape == x.shape
+    (out.reconstruction - x).abs().mean().backward()
+    first = next(tok.encoder.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert (out.ids is not None) == tok.config.discrete

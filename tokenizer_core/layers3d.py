@@ -129,7 +129,9 @@ class CausalNormalize(nn.Module):
             # Channels-last: each frame's (H, W, C) block is contiguous, so one fused layer_norm
             # per frame; computed in fp32 so bf16/fp16 runs normalise like fp32 ones.
             frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
-            y = F.layer_norm(frames.float(), frames.shape[2:], eps=self.norm.eps) * weight + bias
+            hwc = frames.shape[2:]
+            # The per-channel affine expanded to one frame (small) lets layer_norm apply it in-kernel.
+            y = F.layer_norm(frames.float(), hwc, weight.expand(hwc), bias.expand(hwc), eps=self.norm.eps)
             return y.to(x.dtype).permute(0, 4, 1, 2, 3)
         xf = x.float()
         var, mean = torch.var_mean(xf, dim=(1, 3, 4), keepdim=True, correction=0)
@@ -154,9 +156,11 @@ class CausalResnetBlockFactorized3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        # In-place activations/residual only without autograd: they cut inference peak memory.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class _AttnProjections(nn.Module):
