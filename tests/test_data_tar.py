@@ -76,3 +76,13 @@ def test_iter_shard_on_a_truncated_shard_keeps_earlier_clips_and_records_the_sha
     assert isinstance(out[-1], DeadLetter) and out[-1].stage == "shard" and out[-1].sample_key == ""
     assert out[-1].error_type == "TruncatedShard" and stats.shard_error.startswith("TruncatedShard")
     assert stats.samples_total == stats.samples_ok == 1
+
+
+def test_a_key_repeated_later_in_the_shard_is_a_dead_letter_not_a_key_collision(tmp_path):
+    video = encode_video(64, 48, 9)
+    shard = write_tar(tmp_path / "dup.tar", [("a.mp4", video), ("b.mp4", video), ("a.mp4", video)])
+    stats = ShardStats()
+    out = list(iter_shard(str(shard), ClipSpec(num_frames=9, resolution=(32, 32)), None, stats, isolate=False))
+    assert [(x.sample_key, getattr(x, "reason", "clip")) for x in out] == [
+        ("a", "clip"), ("b", "clip"), ("a", "read:DuplicateKey")]
+    assert stats.samples_total == 3 and stats.samples_failed == 1
