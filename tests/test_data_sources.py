@@ -65,3 +65,31 @@ def test_open_url_streams_plain_and_gzipped_shards(tmp_path):
 def test_open_url_of_a_missing_file_raises_the_filesystem_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_url(str(tmp_path / "missing.tar"))
+
+
+def test_http_shards_stream_through_fsspec(tmp_path, sample_shards):
+    import functools
+    import http.server
+    import threading
+
+    from pipeline.records import Clip, ShardStats
+    from pipeline.stages import iter_shard
+    from schemas.jobspec import ClipSpec
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output readable
+            pass
+
+    handler = functools.partial(Quiet, directory=str(sample_shards[0].parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = expand_shards(base + "/shards-{000002..000003}.tar")
+        assert urls == [f"{base}/shards-000002.tar", f"{base}/shards-000003.tar"]
+        stats = ShardStats()
+        clips = [x for x in iter_shard(urls[1], ClipSpec(num_frames=17, resolution=(32, 32)), None, stats,
+                                       isolate=False) if isinstance(x, Clip)]
+        assert stats.samples_ok == stats.samples_total == 2 and len(clips) == stats.clips > 0
+    finally:
+        server.shutdown()
