@@ -8,9 +8,9 @@ they are cut. A child that dies (signal, abort, OOM kill) or stops answering bec
 VideoError("decode", "DecoderCrashed" | "DecoderTimeout") for that sample only, and the next
 sample starts a new child.
 
-Test hook: when the environment variable named by CRASH_ENV equals a sample's key, the child
-kills itself with SIGSEGV before decoding it. It exists only to test the above with a real
-crash; sample data cannot set a process's environment.
+Test hooks: when the environment variable named by CRASH_ENV (HANG_ENV) equals a sample's key,
+the child kills itself with SIGSEGV (sleeps for an hour) before decoding it. They exist only to
+test the above with a real crash and a real hang; sample data cannot set a process's environment.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -32,6 +33,7 @@ from pipeline.decode import VideoError
 from schemas.jobspec import ClipSpec
 
 CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
+HANG_ENV = "TOKENMILL_TEST_DECODER_HANG_KEY"
 # seconds the parent waits for the next message from the child before declaring it hung; a
 # single 17-frame clip of 8K video decodes in well under this on one core
 DEFAULT_TIMEOUT_S = 300.0
@@ -153,6 +155,8 @@ def _serve(conn: Connection) -> None:
         key, data, spec_fields = request
         if os.environ.get(CRASH_ENV) == key:
             os.kill(os.getpid(), signal.SIGSEGV)
+        if os.environ.get(HANG_ENV) == key:
+            time.sleep(3600)
         spec_fields["resolution"] = tuple(spec_fields["resolution"])
         try:
             for item in cut_clips(data, ClipSpec(**spec_fields)):

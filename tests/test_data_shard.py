@@ -96,3 +96,18 @@ def test_the_crash_hook_is_off_without_its_environment_variable(bad_corpus_shard
     assert CRASH_ENV not in os.environ
     out, stats = _run(bad_corpus_shard, isolate=True)
     assert "decode:DecoderCrashed" not in stats.failures
+
+
+def test_a_hung_decoder_is_killed_after_the_timeout_and_replaced(monkeypatch):
+    from pipeline.decode import VideoError
+    from pipeline.isolation import HANG_ENV, DecodeWorker
+    from tests.fixtures.media import encode_video
+
+    monkeypatch.setenv(HANG_ENV, "stuck")
+    data = encode_video(64, 48, 9)
+    with DecodeWorker(timeout_s=1.0) as worker:
+        with pytest.raises(VideoError) as err:
+            list(worker.cut_clips("stuck", data, SPEC))
+        assert err.value.error_type == "DecoderTimeout" and "SIGKILL" in str(err.value)
+        items = list(worker.cut_clips("fine", data, SPEC))
+        assert len(items) == 2 and items[0].frames.shape == (9, 32, 32, 3) and worker.restarts == 1
