@@ -10,6 +10,8 @@ dashboard shows them without a terminal.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -27,6 +29,15 @@ def _record_stats(record: Any) -> dict[str, Any]:
     if stats is None:
         return {}
     return stats if isinstance(stats, dict) else stats.to_dict()
+
+
+def _bar_width() -> int:
+    """The terminal's width; a fresh pseudo-terminal reports 0 columns, and tqdm then draws nothing."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return columns if columns >= 40 else 120
 
 
 class _Metrics:
@@ -63,7 +74,7 @@ class Progress:
         if show_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=shards_total, initial=shards_done, unit="shard", desc=job, dynamic_ncols=True)
+            self.bar = tqdm(total=shards_total, initial=shards_done, unit="shard", desc=job, ncols=_bar_width())
         try:
             self.metrics: _Metrics | None = _Metrics(job)
         except Exception as exc:  # noqa: BLE001 - metrics are best effort, never fail a job
@@ -103,13 +114,20 @@ class Progress:
             "retries": result.retries,
         }
 
-    def tick(self, result: DispatchResult, running: int) -> None:
+    def tick(self, result: DispatchResult, running: int, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last_poll < POLL_S:
+        if now - self.last_poll < POLL_S and not force:
             return
         self.last_poll = now
         self._poll_actors()
-        fig = self.figures(result, running)
+        self._show(self.figures(result, running))
+
+    def finish(self, result: DispatchResult) -> None:
+        """Final figures: actor counters read once more (blocking briefly), bar and metrics updated."""
+        self.final_actor_stats()
+        self._show(self.figures(result, 0))
+
+    def _show(self, fig: dict[str, float]) -> None:
         if self.metrics is not None:
             self.metrics.set(fig)
         if self.bar is not None:

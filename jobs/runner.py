@@ -117,7 +117,8 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
     try:
         result = dispatcher.run(todo)
         dispatch_seconds = time.time() - ready
-        actor_stats = progress.final_actor_stats()
+        progress.finish(result)
+        actor_stats = [dict(st, actor=i) for i, st in enumerate(progress.actor_stats)]
     finally:
         progress.close()
         for actor in actors:

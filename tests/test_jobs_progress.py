@@ -1,0 +1,70 @@
+"""Progress: a live bar on a terminal, and the same figures as Ray (Prometheus) metrics."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from jobs.runner import run_job
+from schemas.jobspec import load_job_spec
+from tests.jobs_helpers import DEMO, SMALL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_with_metrics():
+    import ray
+
+    port = _free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port,
+             namespace="tokenmill", log_to_driver=False)
+    yield port
+    ray.shutdown()
+
+
+def _scrape(port: int, job: str, names: list[str], until: dict[str, float], timeout: float = 90) -> dict[str, float]:
+    """The job's gauges (series labelled job=JOB) from Ray's Prometheus endpoint, once `until` holds
+    (metrics are exported every few seconds, so the first values seen may be older ones)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        found = {}
+        for line in text.splitlines():
+            for name in names:
+                if line.startswith(f"ray_{name}{{") and f'job="{job}"' in line:
+                    found[name] = float(line.rsplit(" ", 1)[1])
+        if set(found) == set(names) and all(found[k] == v for k, v in until.items()):
+            return found
+        time.sleep(2)
+    raise AssertionError(f"metrics {names} for job {job} not exported on port {port}")
+
+
+def test_bar_shows_shards_clips_rates_and_failures(ray_with_metrics, tmp_path, capsys):
+    """With progress on (stderr is a terminal), the bar ends at 4/4 shards with the job's figures."""
+    spec = load_job_spec(str(DEMO), [*SMALL, f"output.uri={tmp_path / 'out'}"])
+    assert run_job(spec, show_progress=True).exit_code == 0
+    screen = capsys.readouterr().err
+    assert re.search(r"4/4 \[", screen), screen[-2000:]
+    for figure in ("clips=", "frames/s", "tok/s", "busy=", "fail=0", "retry=0"):
+        assert figure in screen
+
+
+def test_job_figures_are_ray_metrics(ray_with_metrics, tmp_path):
+    """After a run the driver's gauges hold the job's totals, scraped from Ray's metrics endpoint."""
+    spec = load_job_spec(str(DEMO), [*SMALL, f"output.uri={tmp_path / 'out'}", "name=metrics-test"])
+    outcome = run_job(spec)
+    assert outcome.exit_code == 0
+    names = ["tokenmill_shards_done", "tokenmill_clips_written", "tokenmill_tokens_written"]
+    got = _scrape(ray_with_metrics, "metrics-test", names, until={"tokenmill_shards_done": 4})
+    assert got["tokenmill_shards_done"] == 4
+    assert got["tokenmill_clips_written"] == outcome.summary["clips_written"] > 0
+    assert got["tokenmill_tokens_written"] == outcome.summary["tokens_written"]
