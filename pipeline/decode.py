@@ -16,6 +16,7 @@ Errors are `VideoError(stage, error_type, message)`: the caller turns them into 
 
 from __future__ import annotations
 
+import bisect
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 MIN_SIDE = 16
 MAX_SIDE = 8192
 MAX_ASPECT = 16.0
+SEEK_GAP = 32  # decord: frames to skip before a keyframe seek is considered
 MAX_FPS = 240.0  # above this a container's average rate is taken to be a broken timeline
 
 
@@ -155,17 +157,24 @@ class _Bytes:
 
 def decord_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
                   size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
-    """decord backend (threads=1): skip_frames over unwanted frames, next() for wanted ones."""
+    """decord backend (threads=1): next() for wanted frames; across a gap, seek when a keyframe
+    lies inside it (decoding restarts there), else skip_frames (decoded, never converted)."""
     import decord
 
     try:
         reader = decord.VideoReader(_Bytes(data), ctx=decord.cpu(0), width=size[0], height=size[1],
                                     num_threads=1)
         total, position = len(reader), 0
+        keys: list[int] | None = None
         for target in wanted:
             if target >= total:
                 return
             if target >= position:
+                if target - position > SEEK_GAP:
+                    keys = keys if keys is not None else sorted(int(k) for k in reader.get_key_indices())
+                    if keys[bisect.bisect_right(keys, target) - 1] > position:
+                        reader.seek_accurate(target)
+                        position = target
                 if target > position:
                     reader.skip_frames(target - position)
                 frame = reader.next().asnumpy()
