@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -194,7 +195,18 @@ def resume_if_any(trainer: Trainer, cfg: TrainConfig) -> None:
         raise SpecError("model", f"{path} was trained with a different model config; use a new "
                                  "output_dir or set resume: false")
     trainer.load_training_state(ckpt["training"], ckpt["state_dict"])
+    _truncate_log(os.path.join(cfg.output_dir, "train_log.jsonl"), trainer.step)
     log.info("resuming from %s at step %d", path, trainer.step)
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Drop log records past the resumed step: those steps are about to be run again."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
 
 
 def export(trainer: Trainer, cfg: TrainConfig) -> None:

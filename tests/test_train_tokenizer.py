@@ -81,22 +81,21 @@ def test_checkpoint_is_a_tokenmill_model_and_export_is_fp16(tmp_path, shard):
 
 
 def test_resume_continues_with_identical_next_steps(tmp_path, shard):
-    """Resuming from the step-10 checkpoint reproduces steps 11..15 of the uninterrupted run."""
-    full = load_train_config(str(_write_config(tmp_path, shard, steps=15, checkpoint_every=10)))
-    run_training(full)
-    reference = {r["step"]: r["loss"] for r in _log(Path(full.output_dir))}
+    """Killed after the step-10 checkpoint, the same command continues at step 11 and reproduces
+    steps 11..15 of the uninterrupted run exactly; the log keeps one record per step."""
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=15, checkpoint_every=10)))
+    run_training(cfg)
+    run_dir = Path(cfg.output_dir)
+    reference = {r["step"]: r["loss"] for r in _log(run_dir)}
 
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copy(Path(full.output_dir) / "step-0000010.pt", resumed_dir / "last.pt")
-    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=15, checkpoint_every=10,
-                                              output_dir=str(resumed_dir))))
+    # the state a kill between steps 10 and 15 leaves behind: last.pt is the step-10 checkpoint
+    shutil.copy(run_dir / "step-0000010.pt", run_dir / "last.pt")
     trainer = run_training(cfg)
     assert trainer.step == 15
-    resumed = {r["step"]: r["loss"] for r in _log(resumed_dir)}
-    assert sorted(resumed) == list(range(11, 16))
-    for step in range(11, 16):
-        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+    records = _log(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 16))
+    for r in records[10:]:
+        assert r["loss"] == pytest.approx(reference[r["step"]], rel=1e-6, abs=1e-7), r["step"]
 
 
 def test_resume_refuses_a_different_architecture(tmp_path, shard):
