@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 from pipeline.clips import DecodedClip, VideoDone, cut_clips
@@ -100,17 +100,28 @@ def _fail(sample: Sample, stats: ShardStats, stage: str, error_type: str, messag
 def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
                   seen: set[str]) -> Iterator[Clip | DeadLetter]:
     stats.samples_total += 1
+    ext = video_member(sample)
     if sample.key in seen:
         yield _fail(sample, stats, "read", "DuplicateKey", "the key appears twice in this shard")
-        return
-    seen.add(sample.key)
-    ext = video_member(sample)
-    if ext is None:
+    elif ext is None:
         members = ", ".join(sorted(sample.members)) or "none"
         yield _fail(sample, stats, "read", "NoVideoMember", f"no video member (members: {members})")
-        return
-    meta = _meta(sample, stats)
-    produced, done = 0, None
+    else:
+        meta, bad_sidecar = _meta(sample)
+        produced = yield from _decoded_clips(sample, ext, sid, spec, stats, decoder, meta)
+        if produced is not None:  # the sample is ok: count its notes
+            stats.samples_ok += 1
+            if bad_sidecar:
+                stats.notes["bad_sidecar"] += 1
+            if produced == 0:
+                stats.notes["too_short"] += 1
+    seen.add(sample.key)
+
+
+def _decoded_clips(sample: Sample, ext: str, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
+                   meta: str | None) -> Generator[Clip | DeadLetter, None, int | None]:
+    """Yield the sample's clips (or its one dead letter); return the clip count, None if failed."""
+    produced = 0
     items = iter(decoder.cut_clips(sample.key, sample.members[ext], spec))
     while True:
         started = time.perf_counter()
@@ -119,46 +130,40 @@ def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, d
         except VideoError as exc:
             if produced == 0:
                 yield _fail(sample, stats, exc.stage, exc.error_type, str(exc))
-                return
+                return None
             log.warning("%s %s: decode error after %d clips, keeping them: %s",
                         sample.source_url, sample.key, produced, exc)
             stats.notes["decode_error_after_clips"] += 1
-            break
+            return produced
         finally:
             _add_seconds(stats, "decode", started)
         if item is None:
-            break
+            return produced
         if isinstance(item, VideoDone):
-            done = item
+            stats.video_seconds += item.duration
             continue
         produced += 1
         stats.clips += 1
         stats.frames += item.frames.shape[0]
         yield Clip(clip_key(sid, sample.key, item.index), sample.source_url, sample.key, item.index,
                    item.start_frame, item.fps, item.frames, meta)
-    stats.samples_ok += 1
-    if done is not None:
-        stats.video_seconds += done.duration
-    if produced == 0:
-        stats.notes["too_short"] += 1
 
 
-def _meta(sample: Sample, stats: ShardStats) -> str | None:
-    """The sidecar as a JSON string: the `.json` member verbatim if it parses, else text sidecars
-    wrapped as {"txt": ...}; None when there are none or the JSON is broken (note counted)."""
+def _meta(sample: Sample) -> tuple[str | None, bool]:
+    """(meta, sidecar_was_broken). Meta is the `.json` member verbatim if it parses, else text
+    sidecars wrapped as {"txt": ...}; None when there are none or the JSON is broken."""
     if "json" in sample.members:
         try:
             text = sample.members["json"].decode("utf-8")
             json.loads(text)
-            return text
+            return text, False
         except (UnicodeDecodeError, ValueError):
-            stats.notes["bad_sidecar"] += 1
-            return None
-    texts = {}
+            return None, True
+    texts, broken = {}, False
     for ext in TEXT_SIDECARS:
         if ext in sample.members:
             try:
                 texts[ext] = sample.members[ext].decode("utf-8")
             except UnicodeDecodeError:
-                stats.notes["bad_sidecar"] += 1
-    return json.dumps(texts) if texts else None
+                broken = True
+    return (json.dumps(texts) if texts else None), broken

@@ -42,7 +42,7 @@ def test_every_sample_of_the_bad_corpus_is_accounted_for(bad_corpus_shard, decod
     failed = [v for v in BAD_CORPUS_EXPECTED.values() if not v.startswith("ok")]
     assert stats.samples_total == len(BAD_CORPUS_EXPECTED) == stats.samples_ok + stats.samples_failed
     assert stats.samples_failed == len(failed) and sum(stats.failures.values()) == len(failed)
-    assert stats.notes == {"too_short": 1, "bad_sidecar": 1} and stats.shard_error is None
+    assert stats.to_dict()["notes"] == {"too_short": 1, "bad_sidecar": 1} and stats.shard_error is None
     clips = [x for x in out if isinstance(x, Clip)]
     assert stats.clips == len(clips) and stats.frames == 9 * len(clips)
     assert stats.seconds["decode"] > 0 and stats.video_seconds > 0
