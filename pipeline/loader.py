@@ -53,6 +53,7 @@ from pipeline.loader_plan import (
 from pipeline.loader_rows import rows_from_table, rows_from_tar, to_item
 from pipeline.manifest import read_manifest
 from pipeline.storage import get_fs
+from schemas.tokens import META_TOKENIZER_CONFIG
 
 STATE_FORMAT = "tokenmill.loader.state"
 STATE_VERSION = 1
@@ -165,6 +166,18 @@ class TokenDataset(IterableDataset):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def tokenizer_config(self) -> dict[str, Any] | None:
+        """The tokenizer config the job stored in its Parquet files (vocab_size, levels, ...), or None."""
+        for tf in self.files:
+            if tf.format == "parquet":
+                fs, path = get_fs(tf.path, self.storage_options)
+                with fs.open(path, "rb") as handle:
+                    metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+                text = metadata.get(META_TOKENIZER_CONFIG.encode())
+                return json.loads(text) if text else None
+        return None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order to produce; a new epoch drops any pending resume."""

@@ -229,3 +229,19 @@ def test_continuous_latents_come_back_bit_exact(tmp_path, dtype, fmt):
         assert it["latents"].dtype == dtype and "tokens" not in it and it["meta"] is None
         assert torch.equal(it["latents"].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
                            latents[it["key"]].view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+
+
+def test_tokenizer_config_comes_from_the_token_files(tmp_path):
+    """The tokenizer config a job stores in its Parquet metadata is available (vocab size, FSQ levels)."""
+    from pipeline.output import ShardWriter
+    from pipeline.records import ShardStats
+    from pipeline.token_files import ClipInfo
+    from schemas.tokens import META_TOKENIZER_CONFIG
+
+    config = {"name": "DV4x8x8-tiny", "levels": [8, 8, 8, 5, 5, 5], "vocab_size": 64_000}
+    writer = ShardWriter(str(tmp_path), "cfg-00000000", "file:///src/cfg.tar",
+                         file_metadata={META_TOKENIZER_CONFIG: json.dumps(config)})
+    writer.add(ClipInfo("cfg-00000000.v.0000", "file:///src/cfg.tar", "v", 0, 0, 5, 25.0, 16, 16),
+               np.zeros((2, 2, 2), dtype=np.int64), "DV4x8x8-tiny")
+    writer.commit(ShardStats(samples_total=1, samples_ok=1, clips=1))
+    assert TokenDataset(str(tmp_path)).tokenizer_config == config
