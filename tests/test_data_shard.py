@@ -111,3 +111,18 @@ def test_a_hung_decoder_is_killed_after_the_timeout_and_replaced(monkeypatch):
         assert err.value.error_type == "DecoderTimeout" and "SIGKILL" in str(err.value)
         items = list(worker.cut_clips("fine", data, SPEC))
         assert len(items) == 2 and items[0].frames.shape == (9, 32, 32, 3) and worker.restarts == 1
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_a_video_cut_off_mid_data_keeps_its_whole_clips_or_fails_cleanly(tmp_path, decoder):
+    from tests.fixtures.media import encode_video, write_tar
+
+    full = encode_video(64, 48, 60, faststart=True)  # index first: the cut loses frames, not the index
+    shard = write_tar(tmp_path / "cut.tar", [("cut.mp4", full[: int(len(full) * 0.6)]), ("cut.json", b"{}")])
+    out, stats = _run(shard, ClipSpec(num_frames=9, resolution=(32, 32), decoder=decoder), isolate=False)
+    assert stats.samples_total == stats.samples_ok + stats.samples_failed == 1
+    if decoder == "pyav":  # PyAV delivers the frames before the cut, then reports the error
+        assert stats.samples_ok == 1 and stats.notes["decode_error_after_clips"] == 1
+        assert 1 <= len(out) < 60 // 9 and all(isinstance(x, Clip) for x in out)
+    else:  # decord's reader fails before its first frame
+        assert [x.reason for x in out] == ["decode:DecodeError"]
