@@ -82,18 +82,21 @@ class Progress:
             self.metrics = None
 
     def _poll_actors(self) -> None:
+        """Take the answers that are in, ask again those actors; a restarting actor keeps its last."""
         import ray
 
-        if self._poll_refs:
-            ready, _ = ray.wait(self._poll_refs, num_returns=len(self._poll_refs), timeout=0)
-            if len(ready) < len(self._poll_refs):
-                return  # an actor is restarting; keep the last answers
-            for i, ref in enumerate(self._poll_refs):
-                try:
-                    self.actor_stats[i] = ray.get(ref)
-                except Exception:  # noqa: BLE001 - a dead actor keeps its last stats
-                    pass
-        self._poll_refs = [a.stats.remote() for a in self.actors]
+        if not self._poll_refs:
+            self._poll_refs = [a.stats.remote() for a in self.actors]
+            return
+        for i, ref in enumerate(self._poll_refs):
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                continue
+            try:
+                self.actor_stats[i] = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dead actor keeps its last stats
+                pass
+            self._poll_refs[i] = self.actors[i].stats.remote()
 
     def figures(self, result: DispatchResult, running: int) -> dict[str, float]:
         stats = [_record_stats(r) for r in result.records.values()]
@@ -145,7 +148,7 @@ class Progress:
 
         for i, actor in enumerate(self.actors):
             try:
-                self.actor_stats[i] = ray.get(actor.stats.remote(), timeout=30)
+                self.actor_stats[i] = ray.get(actor.stats.remote(), timeout=10)
             except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
                 log.debug("actor %d gave no final stats: %s", i, exc)
         return [dict(s, actor=i) for i, s in enumerate(self.actor_stats)]

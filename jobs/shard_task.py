@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 # how long a batch may take before its actor is treated as lost (a hung GPU, an actor that can
 # never be placed again); generous because a CPU-only tokenizer is slow
 BATCH_TIMEOUT_S = 900.0
-# an actor that failed a call is skipped for this long (it is restarting elsewhere)
+# an actor that failed a call is skipped for this long (it is restarting elsewhere), doubling
+# with each further failure: an actor that cannot be placed again is soon left alone
 SUSPECT_S = 5.0
+SUSPECT_MAX_S = 300.0
 MAX_RESENDS = 8
 
 
@@ -77,6 +79,7 @@ class ActorRouter:
         self.order = local + others
         self.local = set(local)
         self.suspect_until = [0.0] * len(actors)
+        self.failures = [0] * len(actors)
         self.next = 0
 
     def pick(self) -> int:
@@ -106,7 +109,9 @@ class ActorRouter:
             except GetTimeoutError as exc:
                 raise TokenizerUnavailable(f"tokenizer actor {batch.actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
             except RayActorError as exc:
-                self.suspect_until[batch.actor] = time.monotonic() + SUSPECT_S
+                self.failures[batch.actor] += 1
+                backoff = min(SUSPECT_MAX_S, SUSPECT_S * 2 ** (self.failures[batch.actor] - 1))
+                self.suspect_until[batch.actor] = time.monotonic() + backoff
                 if batch.sends > MAX_RESENDS:
                     raise TokenizerUnavailable(f"batch lost {batch.sends} times: {exc}") from exc
                 log.warning("tokenizer actor %d failed (%s); resending batch", batch.actor, type(exc).__name__)
