@@ -92,7 +92,11 @@ def moto() -> Iterator[dict[str, Any]]:
         yield {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=60)  # a server holding 100k+ objects takes a while to exit
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run(uri: str, opts: dict[str, Any], n: int) -> None:
