@@ -2,7 +2,7 @@
 
 Works from any machine that can read OUTPUT, while the job runs or after: shards total from
 `job.json`, finished shards and totals from the manifest records, rate and ETA from the
-records' finish times during the current run, final state from `summary.json` if the latest
+records finished during the current run (since job.json was last written), final state from `summary.json` if the latest
 run has written one.
 """
 
@@ -48,16 +48,12 @@ def _read_summary(output_uri: str, storage_options: dict[str, Any]) -> dict[str,
     return dict(json.loads(storage.read_bytes(fs, path)))
 
 
-def _rates(finish_times: list[float], clips: list[int]) -> tuple[float | None, float | None]:
-    """(shards/s, clips/s) between the first and last record finished in this run."""
-    if len(finish_times) < 2:
+def _rates(shards: int, clips: int, since: float, until: float) -> tuple[float | None, float | None]:
+    """(shards/s, clips/s) of this run: from its start (job.json written) to `until`."""
+    span = until - since
+    if shards < 1 or span <= 0:
         return None, None
-    span = max(finish_times) - min(finish_times)
-    if span <= 0:
-        return None, None
-    # the first record marks the start of the window, so its own shard is not in the rate
-    order = sorted(range(len(finish_times)), key=finish_times.__getitem__)
-    return (len(order) - 1) / span, sum(clips[i] for i in order[1:]) / span
+    return shards / span, clips / span
 
 
 def output_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -74,7 +70,10 @@ def output_status(output_uri: str, storage_options: dict[str, Any] | None = None
     quarantined = summary.get("quarantined", []) if finished and summary else []
     totals = build_summary(records, quarantined, {}, job.shards_total)
     this_run = [r for r in records.values() if r.finished_at >= job.updated_at]
-    shard_rate, clip_rate = _rates([r.finished_at for r in this_run], [int(r.stats.get("clips", 0)) for r in this_run])
+    # while running, the rate runs to now (a stalled job shows a falling rate); after, to the last record
+    until = max((r.finished_at for r in this_run), default=job.updated_at) if finished else time.time()
+    shard_rate, clip_rate = _rates(len(this_run), sum(int(r.stats.get("clips", 0)) for r in this_run),
+                                   job.updated_at, until)
     pending = totals["shards_pending"]
     return {
         "output": output_uri,
