@@ -57,7 +57,7 @@ class TokenizerUnavailable(RuntimeError):
 
 @dataclass
 class _Batch:
-    clips: list[Clip]
+    clips: list[Any]  # ClipInfo: row fields only; the frames live in the object store alone
     frames_ref: Any  # ObjectRef of uint8 [B, T, H, W, 3], put once so resends do not copy again
     actor: int
     result_ref: Any
@@ -93,10 +93,12 @@ class ActorRouter:
     def send(self, clips: list[Clip]) -> _Batch:
         import ray
 
-        frames = np.stack([c.frames for c in clips])  # [B, T, H, W, 3] uint8
-        frames_ref = ray.put(frames)
+        from pipeline.output import ClipInfo
+
+        frames_ref = ray.put(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
+        infos = [ClipInfo.from_clip(c) for c in clips]  # the caller drops the decoded frames now
         actor = self.pick()
-        return _Batch(clips, frames_ref, actor, self.actors[actor].encode.remote(frames_ref))
+        return _Batch(infos, frames_ref, actor, self.actors[actor].encode.remote(frames_ref))
 
     def result(self, batch: _Batch) -> np.ndarray:
         """The batch's encoded array; resends to another actor when its actor died."""
