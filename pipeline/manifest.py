@@ -7,7 +7,7 @@
     build_summary(...) / write_summary(uri, summary)
 
 The listing of `_manifest/` is the truth: a record counts only if its object is listed. The
-index is a cache of record contents keyed by (name, size), so reading 100k records costs one
+index is a cache of record contents keyed by (name, size:stamp), so reading 100k records costs one
 paginated listing plus one GET instead of 100k GETs (measured in bench/bench_manifest.py).
 """
 
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _RECORD_SUFFIX = ".json"
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # entries: [record file name, "size:stamp" when indexed, record]
 
 
 def read_job_file(output_uri: str, storage_options: dict[str, Any] | None = None) -> JobFile | None:
@@ -130,22 +130,24 @@ def _remove_local_dotfiles(directory: str) -> int:
 
 
 def _load(fs: Any, root: str, known: dict[str, ManifestRecord] | None = None,
-          ) -> tuple[dict[str, ManifestRecord], dict[str, int]]:
-    """(records, record file sizes) from one listing, the index, and GETs for what is new.
+          ) -> tuple[dict[str, ManifestRecord], dict[str, str]]:
+    """(records, record file versions) from one listing, the index, and GETs for what is new.
 
-    `known` records (e.g. what a driver already read) serve as a cache like the index does.
+    An index entry is used only while the listed version ("size:stamp") of its record file is
+    unchanged. `known` records (ones the caller has just read) are matched by size alone.
     """
     mdir = storage.join(root, MANIFEST_DIR)
-    sizes = {n: s for n, s in storage.list_sizes(fs, mdir).items() if n.endswith(_RECORD_SUFFIX)}
+    versions = {n: v for n, v in storage.list_versions(fs, mdir).items() if n.endswith(_RECORD_SUFFIX)}
     cached = _read_index(fs, storage.join(mdir, MANIFEST_INDEX))
-    for rec in (known or {}).values():
-        cached[f"{rec.shard_id}{_RECORD_SUFFIX}"] = (len(rec.to_json_bytes()), rec)
+    sized = {f"{rec.shard_id}{_RECORD_SUFFIX}": rec for rec in (known or {}).values()}
     records: dict[str, ManifestRecord] = {}
     missing = []
-    for name, size in sizes.items():
+    for name, version in versions.items():
         entry = cached.get(name)
-        if entry is not None and entry[0] == size:
+        if entry is not None and entry[0] == version:
             records[name] = entry[1]
+        elif name in sized and str(len(sized[name].to_json_bytes())) == version.split(":", 1)[0]:
+            records[name] = sized[name]
         else:
             missing.append(storage.join(mdir, name))
     fetched = storage.read_many(fs, missing)
@@ -153,7 +155,7 @@ def _load(fs: Any, root: str, known: dict[str, ManifestRecord] | None = None,
         for path, data in fetched.items():
             records[path.rsplit("/", 1)[-1]] = ManifestRecord.from_dict(json.loads(data))
     by_id = {r.shard_id: r for r in records.values()}
-    return by_id, {records[n].shard_id: s for n, s in sizes.items() if n in records}
+    return by_id, {records[n].shard_id: v for n, v in versions.items() if n in records}
 
 
 @contextlib.contextmanager
@@ -169,7 +171,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_index(fs: Any, path: str) -> dict[str, tuple[int, ManifestRecord]]:
+def _read_index(fs: Any, path: str) -> dict[str, tuple[str, ManifestRecord]]:
     try:
         raw = storage.read_bytes(fs, path)
     except FileNotFoundError:
@@ -179,7 +181,7 @@ def _read_index(fs: Any, path: str) -> dict[str, tuple[int, ManifestRecord]]:
         log.info("ignoring manifest index of version %s", index.get("version"))
         return {}
     with _no_gc():
-        return {name: (int(size), ManifestRecord.from_dict(rec)) for name, size, rec in index["entries"]}
+        return {name: (str(version), ManifestRecord.from_dict(rec)) for name, version, rec in index["entries"]}
 
 
 def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, ManifestRecord]:
@@ -195,8 +197,8 @@ def compact_manifest(output_uri: str, storage_options: dict[str, Any] | None = N
     Pass the records already in hand (`known`, e.g. from read_manifest) to skip re-reading them.
     """
     fs, root = storage.get_fs(output_uri, storage_options)
-    records, sizes = _load(fs, root, known)
-    entries = [[f"{sid}{_RECORD_SUFFIX}", sizes[sid], rec.to_dict()] for sid, rec in sorted(records.items())]
+    records, versions = _load(fs, root, known)
+    entries = [[f"{sid}{_RECORD_SUFFIX}", versions[sid], rec.to_dict()] for sid, rec in sorted(records.items())]
     doc = json.dumps({"version": _INDEX_VERSION, "entries": entries}, separators=(",", ":"))
     data = gzip.compress(doc.encode(), compresslevel=3)
     storage.put_bytes(fs, storage.join(root, MANIFEST_DIR, MANIFEST_INDEX), data)

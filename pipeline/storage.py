@@ -74,6 +74,36 @@ def list_sizes(fs: Any, directory: str) -> dict[str, int]:
     return sizes
 
 
+def list_versions(fs: Any, directory: str) -> dict[str, str]:
+    """Base name -> "size:stamp" of the files directly in `directory` (one listing).
+
+    The stamp changes whenever an object is rewritten, even to the same size: the ETag on S3
+    (content hash of a simple PUT), inode + mtime on local disk (a rename/link swaps the inode).
+    """
+    if is_local(fs):
+        try:
+            with os.scandir(directory) as it:
+                return {
+                    e.name: f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}"
+                    for e in it
+                    if e.is_file() and not e.name.startswith(("_", ".")) and (st := e.stat())
+                }
+        except FileNotFoundError:
+            return {}
+    fs.invalidate_cache(directory)
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") == "file" and not name.startswith(("_", ".")):
+            stamp = entry.get("ETag") or entry.get("LastModified") or ""
+            out[name] = f"{int(entry.get('size') or 0)}:{str(stamp).strip(chr(34))}"
+    return out
+
+
 def _list_local(directory: str) -> dict[str, int]:
     try:
         with os.scandir(directory) as it:

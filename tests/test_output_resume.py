@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -108,9 +109,30 @@ def test_manifest_index_is_a_cache_the_listing_overrules(tmp_path):
     (out / "_manifest" / f"{shard_id(URLS[0])}.json").unlink()  # an operator forces a redo
     write_shard(str(out), URLS[3], fp)
     assert set(read_manifest(str(out))) == {shard_id(u) for u in URLS[1:]}
-    # the index's copy is trusted only while the listed record has the same size
+    # the index's copy is trusted only while the listed record is the same object: a record
+    # replaced by one of the same size (attempt 1 -> 2) is read again
     path = out / "_manifest" / f"{shard_id(URLS[1])}.json"
     data = json.loads(path.read_text())
-    data["attempt"] = 12345
-    path.write_text(json.dumps(data))
-    assert read_manifest(str(out))[shard_id(URLS[1])].attempt == 12345
+    data["attempt"] = 2
+    replacement = out / "_manifest" / "_replacement"
+    replacement.write_text(json.dumps(data, sort_keys=True))
+    assert replacement.stat().st_size == path.stat().st_size
+    os.replace(replacement, path)
+    assert read_manifest(str(out))[shard_id(URLS[1])].attempt == 2
+
+
+def test_manifest_index_on_s3_notices_a_same_size_replacement(s3_server, s3_bucket):
+    """On S3 the index entry is tied to the record's ETag, not only its size."""
+    out, opts = f"s3://{s3_bucket}/out", s3_server.storage_options
+    fp = fingerprint_for(make_spec(out, opts))
+    for u in URLS[:2]:
+        write_shard(out, u, fp, storage_options=opts)
+    assert compact_manifest(out, opts) == 2
+    fs = s3_server.filesystem()
+    path = f"{s3_bucket}/out/_manifest/{shard_id(URLS[0])}.json"
+    data = json.loads(fs.cat(path))
+    before = len(fs.cat(path))
+    data["attempt"] = 2
+    fs.pipe(path, json.dumps(data, sort_keys=True).encode())
+    assert len(fs.cat(path)) == before
+    assert read_manifest(out, opts)[shard_id(URLS[0])].attempt == 2
