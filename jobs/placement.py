@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.actors import ActorSettings, tokenizer_actor_class
+from jobs.dispatch import describe_failure
 from schemas.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def actor_nodes(actors: list[Any], first_timeout: float = 1800.0, others_timeout
         try:
             nodes.append(ray.get(ref, timeout=0)["node_id"])
         except RayActorError as exc:
-            raise ActorStartError(f"tokenizer actor failed to start: {exc}") from exc
+            raise ActorStartError(f"tokenizer actor failed to start: {describe_failure(exc)}") from exc
         except ray.exceptions.GetTimeoutError:
             nodes.append(None)
     return nodes

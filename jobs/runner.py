@@ -166,6 +166,10 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
     started_ray = pl.connect(address)
     try:
         result, actor_stats, extra = _dispatch(spec, info, fingerprint, todo, len(urls), len(done), show_progress)
+    except Exception as exc:
+        # summary.json is written at the end of every run, a crashed one included
+        _summarise(spec, urls, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
+        raise
     finally:
         if started_ray:
             import ray

@@ -92,3 +92,15 @@ def test_invalid_spec_exits_2_and_writes_nothing(tmp_path, override, field):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert field in proc.stderr
     assert not out.exists()
+
+
+def test_tokenizer_that_cannot_start_exits_1_with_a_summary(tmp_path):
+    """tokenizer.device=cuda on actors given no GPU: one clear line, exit 1, summary says failed."""
+    out = tmp_path / "out"
+    # an actor with 0 GPUs sees no CUDA device on any machine (Ray hides them), so this fails everywhere
+    proc = run_cli(out, *SMALL, "tokenizer.device=cuda", "resources.gpus_per_actor=0", timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "tokenizer actor failed to start" in proc.stderr and "CUDA" in proc.stderr
+    summary = read_summary(out)
+    assert summary["status"] == "failed" and "CUDA" in summary["error"]
+    assert summary["shards_done"] == 0 and not list((out / "tokens").glob("*.parquet"))
