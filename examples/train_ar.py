@@ -67,22 +67,39 @@ class Block(nn.Module):
 class TinyGPT(nn.Module):
     """Token embedding + t/h/w position embeddings, causal blocks, head tied to the embedding.
 
-    Each position also embeds the ids directly above and one latent frame before the token it
-    predicts (when those lie earlier in the same row and clip, so causality holds): a cheap
-    convolution-like hint that a tiny model on a CPU budget would otherwise need many steps of
-    attention training to discover.
+    Cheap inductive biases let a tiny model learn within a CPU budget:
+    - each position also sees the ids directly above and one latent frame before the token it
+      predicts (both lie earlier in the same row and clip, so causality holds), through the
+      shared token embedding and a learned map each;
+    - a copy head adds a learned, position-dependent gain to those two ids' logits (a pointer to
+      the neighbours), so "same as the previous frame" is learned in a few steps;
+    - with `digits` (FSQ digits of every id, [vocab, n_levels]; the level count means none) an id's
+      embedding also sums one embedding per digit, so ids with similar codes share what is learned.
     """
 
-    def __init__(self, vocab: int, grid: tuple[int, int, int], dim: int, layers: int, heads: int):
+    def __init__(self, vocab: int, grid: tuple[int, int, int], dim: int, layers: int, heads: int,
+                 digits: torch.Tensor | None = None):
         super().__init__()
         self.grid, self.vocab = grid, vocab
         self.tok = nn.Embedding(vocab, dim)
-        self.above, self.before = nn.Embedding(vocab + 1, dim), nn.Embedding(vocab + 1, dim)  # +1: none
+        self.digit_emb = nn.ModuleList()
+        if digits is not None:
+            self.register_buffer("digits", digits, persistent=False)  # [vocab, n_levels] int64
+            self.digit_emb.extend(nn.Embedding(int(n) + 1, dim) for n in digits.max(0).values)
+        self.above, self.before = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.copy = nn.Linear(dim, 2)  # logit gains for the (above, before) ids
         self.pos_t, self.pos_h, self.pos_w = (nn.Embedding(n, dim) for n in grid)
         self.special = nn.Embedding(2, dim)  # BOV / EOV positions
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         nn.init.normal_(self.tok.weight, std=0.02)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> [..., D]: the id's own vector plus its FSQ digits' vectors."""
+        x = self.tok(ids)
+        for i, emb in enumerate(self.digit_emb):
+            x = x + emb(self.digits[ids, i])
+        return x
 
     def positions(self, position_ids: torch.Tensor) -> torch.Tensor:
         """position_ids [B, L] (offset inside the clip: 0 = BOV, 1.. = ids, last = EOV) -> [B, L, D]."""
@@ -96,7 +113,7 @@ class TinyGPT(nn.Module):
 
     def neighbour(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor,
                   distance: int) -> torch.Tensor:
-        """[B, L]: id `distance` raster steps before the *next* token, or `vocab` (none) if not in this row/clip."""
+        """[B, L]: id `distance` raster steps before the *next* token, or -1 if not in this row/clip."""
         t, h, w = self.grid
         length = input_ids.shape[1]
         src = torch.arange(length, device=input_ids.device) + 1 - distance  # row index of that neighbour
@@ -104,14 +121,15 @@ class TinyGPT(nn.Module):
         # the next token is video index position_ids; its neighbour is video index position_ids - distance
         valid = (position_ids < t * h * w) & (position_ids - distance >= 0) & (src >= 0)
         valid &= document_ids.gather(1, srcc) == document_ids
-        return torch.where(valid, input_ids.gather(1, srcc), torch.full_like(input_ids, self.vocab))
+        return torch.where(valid, input_ids.gather(1, srcc), torch.full_like(input_ids, -1))
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
         """-> logits [B, L, vocab]."""
         _, h, w = self.grid
-        x = self.tok(input_ids) + self.positions(position_ids)
-        x = x + self.above(self.neighbour(input_ids, position_ids, document_ids, w))
-        x = x + self.before(self.neighbour(input_ids, position_ids, document_ids, h * w))
+        x = self.embed(input_ids) + self.positions(position_ids)
+        near = [self.neighbour(input_ids, position_ids, document_ids, d) for d in (w, h * w)]  # -1: none
+        for ids, project in zip(near, (self.above, self.before), strict=True):
+            x = x + project(self.embed(ids.clamp(min=0))) * (ids >= 0).unsqueeze(-1)
         mask = document_causal_mask(document_ids).unsqueeze(1)  # [B, 1, L, L]
         if bool((document_ids <= 0).all()):
             # at most one clip per row, padding only after it: plain causal attention gives the
@@ -119,7 +137,14 @@ class TinyGPT(nn.Module):
             mask = None
         for block in self.blocks:
             x = block(x, mask)
-        return self.norm(x) @ self.tok.weight.T
+        x = self.norm(x)
+        table = self.embed(torch.arange(self.vocab, device=input_ids.device))  # [vocab, D], tied head
+        logits = x @ table.T
+        gains = self.copy(x)  # [B, L, 2]
+        for k, ids in enumerate(near):
+            gain = gains[..., k] * (ids >= 0)
+            logits = logits.scatter_add(-1, ids.clamp(min=0).unsqueeze(-1), gain.unsqueeze(-1))
+        return logits
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -160,12 +185,26 @@ def unigram_heldout_nats(train: np.ndarray, held: np.ndarray, vocab: int) -> flo
     return float(-(held[:vocab] * np.log(p)).sum() / held.sum())
 
 
-def compact_table(counts: np.ndarray, max_vocab: int) -> tuple[torch.Tensor, int]:
-    """int64 [ID_SPACE] mapping the `max_vocab` most frequent ids to 0..K-1 and all others to K."""
+def compact_table(counts: np.ndarray, max_vocab: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(int64 [ID_SPACE] mapping the kept ids to 0..K-1 and all others to K, the kept ids [K]):
+    the `max_vocab` most frequent training ids."""
     keep = np.argsort(-counts, kind="stable")[: min(max_vocab, int((counts > 0).sum()))]
     table = torch.full((ID_SPACE,), len(keep), dtype=torch.int64)
     table[torch.from_numpy(keep)] = torch.arange(len(keep))
-    return table, len(keep)
+    return table, keep
+
+
+def fsq_digits(keep: np.ndarray, levels: list[int] | None, vocab: int) -> torch.Tensor | None:
+    """[vocab, n_levels] FSQ digits of each compact id's original id (Cosmos: id = sum d_i * basis_i,
+    basis = cumprod([1, l0, l1, ...])); rows past the kept ids ("other", BOV, EOV, PAD) get the
+    level count, meaning none. None without levels (not an FSQ tokenizer)."""
+    if not levels:
+        return None
+    lv = torch.tensor(levels, dtype=torch.int64)
+    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.int64), lv[:-1]]), 0)
+    digits = lv.repeat(vocab, 1)
+    digits[: len(keep)] = torch.from_numpy(keep).unsqueeze(-1) // basis % lv
+    return digits
 
 
 # ---- training and evaluation ----------------------------------------------------------------
@@ -223,6 +262,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=64_000, help="tokenizer vocabulary (Cosmos FSQ: 64,000)")
     p.add_argument("--max-vocab", type=int, default=4096, help="output classes before 'other'")
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--no-fsq-digits", dest="fsq_digits", action="store_false",
+                   help="do not add FSQ digit embeddings (used when the token files name FSQ levels)")
     p.add_argument("--clips-per-step", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=0,
                    help="packed row length; 0 = about 1024, chosen so a clip fills whole rows")
@@ -259,6 +300,7 @@ class Split:
     grid: tuple[int, int, int]
     train_clips: int
     held_clips: int
+    levels: list[int] | None = None  # FSQ levels from the tokenizer config in the token files
 
     def dataset(self, held_out: bool, shuffle: bool) -> TokenDataset:
         return TokenDataset(self.uri, seed=self.seed, shuffle=shuffle, shuffle_buffer=64,
@@ -272,6 +314,8 @@ def load_split(args: argparse.Namespace) -> Split:
     split = Split(args.data, so, args.seed, train_ids, held_ids, np.zeros(0), np.zeros(0), (0, 0, 0), 0, 0)
     split.counts, split.grid, split.train_clips = id_counts(split.dataset(held_out=False, shuffle=False))
     split.held_counts, held_grid, split.held_clips = id_counts(split.dataset(held_out=True, shuffle=False))
+    config = split.dataset(held_out=False, shuffle=False).tokenizer_config or {}
+    split.levels = config.get("levels") if config.get("discrete", True) else None
     if held_grid != split.grid:
         raise SystemExit(f"held-out clips have token grid {list(held_grid)}, training clips {list(split.grid)}")
     largest = int(np.flatnonzero(split.counts + split.held_counts).max())
@@ -287,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = load_split(args)
     entropy = entropy_nats(split.counts)
     unigram_held = unigram_heldout_nats(split.counts, split.held_counts, args.vocab_size)
-    table, known = compact_table(split.counts, args.max_vocab)
+    table, keep = compact_table(split.counts, args.max_vocab)
+    known = len(keep)
     print(f"data: {args.data}: train {split.train_clips} clips from {len(split.train_ids)} shard(s), "
           f"held out {split.held_clips} clips from {', '.join(split.held_ids)}")
     print(f"token grid [t, h, w] = {list(split.grid)}; {int(split.counts.sum()):,} training tokens, "
@@ -297,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SequenceSpec(vocab_size=known + 1)  # compact ids 0..known-1, "other" = known
     clip_len = int(np.prod(split.grid)) + 2  # BOV + ids + EOV
     collate = CompactPack(table, spec, args.seq_len or math.ceil(clip_len / math.ceil(clip_len / 1024)))
-    model = TinyGPT(spec.total_vocab, split.grid, args.dim, args.layers, args.heads)
+    digits = fsq_digits(keep, split.levels, spec.total_vocab) if args.fsq_digits else None
+    model = TinyGPT(spec.total_vocab, split.grid, args.dim, args.layers, args.heads, digits)
     loader = TokenLoader(split.dataset(held_out=False, shuffle=True), batch_size=args.clips_per_step,
                          num_workers=args.num_workers, collate_fn=collate)
     started = time.time()

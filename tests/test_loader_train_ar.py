@@ -67,3 +67,18 @@ def test_short_run_beats_the_unigram_entropy_on_held_out_clips(tmp_path, capsys)
     assert result["train_clips"] == 12 and result["heldout_clips"] == 4
     assert result["heldout_loss_nats"] < result["unigram_entropy_nats"], out
     assert code == 0
+
+
+def test_fsq_digits_match_the_tokenizer_codebook():
+    """The example's id -> FSQ digit map agrees with tokenizer_core's codebook for all 64,000 ids."""
+    from tokenizer_core.fsq import FSQuantizer
+
+    ar = load_example()
+    levels = [8, 8, 8, 5, 5, 5]
+    keep = np.random.default_rng(0).permutation(64_000)  # compact order differs from id order
+    digits = ar.fsq_digits(keep, levels, vocab=64_003)
+    fsq = FSQuantizer(levels)
+    half = torch.tensor(levels) // 2
+    codes = (digits[:64_000] - half).float() / half  # digits -> code values in [-1, 1]
+    assert torch.equal(codes, fsq.implicit_codebook[torch.from_numpy(keep)])
+    assert (digits[64_000:] == torch.tensor(levels)).all()  # "other", BOV, EOV, PAD: no digits
