@@ -97,11 +97,45 @@ class CausalConv3d(nn.Module):
         # Spatial zero padding is the conv's own, same numbers as the official explicit F.pad.
         self.conv3d = nn.Conv3d(chan_in, chan_out, (kt, kh, kw), stride=(time_stride, stride, stride),
                                 padding=(0, padding, padding))
+        self.pointwise_in_space = kh == kw == 1 and stride == 1
+        self.per_frame = kt == 1 and time_stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is not None and (self.kernel_t > 1 or self.time_stride > 1):
-            return self.conv3d(stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad))
-        return self.conv3d(replicate_first(x, self.time_pad))
+            x = stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad)
+        else:
+            x = replicate_first(x, self.time_pad)
+        if self.pointwise_in_space and _channels_last(x):
+            return self._temporal_gemm(x)
+        if self.per_frame and _channels_last(x):
+            return self._frame_conv2d(x)
+        return self.conv3d(x)
+
+    def _frame_conv2d(self, x: torch.Tensor) -> torch.Tensor:
+        """A 1 x kh x kw conv as a channels-last conv2d over all frames (views, no copies): keeps the
+        layout and oneDNN's kernel whatever the thread count. x: [B, C, T, H, W] -> [B, O, T, H', W']."""
+        b, t = x.shape[0], x.shape[2]
+        frames = x.transpose(1, 2).flatten(0, 1)  # [(B T), C, H, W], channels-last 2D
+        conv = self.conv3d
+        out = F.conv2d(frames, conv.weight[:, :, 0], conv.bias, stride=conv.stride[1:], padding=conv.padding[1:])
+        return out.unflatten(0, (b, t)).transpose(1, 2)
+
+    def _temporal_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """A kt x 1 x 1 conv on channels-last input as kt matrix products over channels.
+
+        PyTorch sends convs whose kernel is 1x1 in space to its slow unfold-based kernel when one
+        thread is used (and tiny inputs always); as GEMMs on [B, T, H, W, C] frames they run at
+        BLAS speed at any thread count. x: [B, C, T_pad, H, W] (channels-last, padded) ->
+        [B, O, T_out, H, W] (channels-last).
+        """
+        kt, st = self.kernel_t, self.time_stride
+        n_out = (x.shape[2] - kt) // st + 1
+        frames = x.permute(0, 2, 3, 4, 1)  # [B, T_pad, H, W, C]
+        weight = self.conv3d.weight[:, :, :, 0, 0]  # [O, C, kt]
+        out = F.linear(frames[:, 0: st * (n_out - 1) + 1: st], weight[:, :, 0], self.conv3d.bias)
+        for k in range(1, kt):
+            out = out + F.linear(frames[:, k: k + st * (n_out - 1) + 1: st], weight[:, :, k])
+        return out.permute(0, 4, 1, 2, 3)
 
 
 def factorized_conv(chan_in: int, chan_out: int) -> nn.Sequential:

@@ -41,8 +41,8 @@ def bundled_dir() -> Path:
     return Path(__file__).resolve().parent / "bundled"
 
 
-def build(config: TokenizerConfig, init: Literal["pretrained", "random"] = "random") -> CosmosTokenizer:
-    """A module for `config`; with init="random" its weights are seeded by config.name."""
+def build(config: TokenizerConfig) -> CosmosTokenizer:
+    """A module for any `config`, with random weights seeded by `config.name` (deterministic)."""
     return seeded_init(lambda: CosmosTokenizer(config), config.name)  # type: ignore[return-value]
 
 
@@ -63,7 +63,7 @@ def _load_official(folder: Path, name_hint: str | None, backend: str) -> Any:
 
 def _check_matches(tok: Any, name: str) -> None:
     try:
-        expected = preset_config(name.removesuffix("-tiny") if name.endswith("-tiny") else name)
+        expected = preset_config(name)
     except KeyError:
         return
     got = tok.config
