@@ -90,3 +90,13 @@ def test_config_dict_round_trip_and_unknown_keys() -> None:
     assert tc.preset_config("CV8x8x8").vocab_size is None
     with pytest.raises(KeyError, match="known presets"):
         tc.preset_config("XV1x1")
+
+
+def test_safetensors_checkpoint_round_trip(tmp_path: Path) -> None:
+    """A .safetensors path stores the tensors with config/extra as JSON metadata; no pickle involved."""
+    tok = tc.from_pretrained("DV4x8x8-tiny", init="random")
+    path = tc.save_checkpoint(tok, tmp_path / "model.safetensors", extra={"steps": 3})
+    config, state, extra = tc.load_checkpoint(path)
+    assert config == tok.config and extra == {"steps": 3}
+    back = tc.from_pretrained(path)
+    assert back.weights_hash == tok.weights_hash

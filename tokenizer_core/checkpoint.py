@@ -49,6 +49,15 @@ def _plain(value: Any, where: str) -> Any:
         raise TypeError(f"checkpoint {where} must be plain JSON-able data: {exc}") from None
 
 
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ImportError(".safetensors checkpoints need the safetensors package (pip install safetensors); "
+                          "or use a .pt path") from None
+    return safetensors
+
+
 def save_checkpoint(tok: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
     """Write `tok` (a CosmosTokenizer or any module with a `.config` TokenizerConfig) to `path`.
 
@@ -64,8 +73,7 @@ def save_checkpoint(tok: nn.Module, path: str | Path, extra: dict | None = None)
     tmp = path.with_name(path.name + ".tmp")
     payload_extra = _plain(extra or {}, "extra")
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
+        save_file = _safetensors().torch.save_file
         meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
                 "config": json.dumps(config.to_dict()), "extra": json.dumps(payload_extra)}
         save_file(state, str(tmp), metadata=meta)
@@ -81,9 +89,7 @@ def load_checkpoint(path: str | Path) -> tuple[TokenizerConfig, dict[str, torch.
     path = Path(path)
     state: Any
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with _safetensors().safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
         payload = {"format": meta.get("format"), "version": int(meta.get("version", 0)),
