@@ -69,8 +69,8 @@ class TinyGPT(nn.Module):
 
     Cheap inductive biases let a tiny model learn within a CPU budget:
     - each position also sees the ids directly above and one latent frame before the token it
-      predicts (both lie earlier in the same row and clip, so causality holds), through the
-      shared token embedding and a learned map each;
+      predicts (`near`, from `clip_neighbours`: earlier in the clip, so causality holds, even
+      beyond the row's attention window), through the shared token embedding and a map each;
     - a copy head adds a learned, position-dependent gain to those two ids' logits (a pointer to
       the neighbours), so "same as the previous frame" is learned in a few steps;
     - with `digits` (FSQ digits of every id, [vocab, n_levels]; the level count means none) an id's
@@ -111,23 +111,10 @@ class TinyGPT(nn.Module):
         special = self.special((idx > 0).long())  # BOV -> 0, EOV -> 1 (only used where ~video)
         return torch.where(video.unsqueeze(-1), emb, special)
 
-    def neighbour(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor,
-                  distance: int) -> torch.Tensor:
-        """[B, L]: id `distance` raster steps before the *next* token, or -1 if not in this row/clip."""
-        t, h, w = self.grid
-        length = input_ids.shape[1]
-        src = torch.arange(length, device=input_ids.device) + 1 - distance  # row index of that neighbour
-        srcc = src.clamp(0, length - 1).expand_as(input_ids)
-        # the next token is video index position_ids; its neighbour is video index position_ids - distance
-        valid = (position_ids < t * h * w) & (position_ids - distance >= 0) & (src >= 0)
-        valid &= document_ids.gather(1, srcc) == document_ids
-        return torch.where(valid, input_ids.gather(1, srcc), torch.full_like(input_ids, -1))
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
-        """-> logits [B, L, vocab]."""
-        _, h, w = self.grid
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor,
+                near: torch.Tensor) -> torch.Tensor:
+        """near: [2, B, L] ids above / one latent frame before the next token (-1: none) -> logits [B, L, vocab]."""
         x = self.embed(input_ids) + self.positions(position_ids)
-        near = [self.neighbour(input_ids, position_ids, document_ids, d) for d in (w, h * w)]  # -1: none
         for ids, project in zip(near, (self.above, self.before), strict=True):
             x = x + project(self.embed(ids.clamp(min=0))) * (ids >= 0).unsqueeze(-1)
         mask = document_causal_mask(document_ids).unsqueeze(1)  # [B, 1, L, L]
@@ -148,15 +135,38 @@ class TinyGPT(nn.Module):
 
 
 # ---- data ----------------------------------------------------------------------------------
+def clip_neighbours(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [t, h, w] -> [2, t*h*w + 2]: for each position of the clip's sequence (BOV, ids, EOV),
+    the id directly above and the id one latent frame before the token at the next position, or -1
+    (next is not a video token, or no such neighbour). Both lie earlier in raster order, so they are
+    causal context even when a packed row does not reach back that far."""
+    t, h, w = tokens.shape
+    flat = tokens.reshape(-1)
+    nxt = torch.arange(t * h * w + 2)  # position p's next token sits at p + 1: video index p
+    is_video = nxt < t * h * w
+    out = torch.full((2, t * h * w + 2), -1, dtype=torch.int64)
+    for k, (distance, ok) in enumerate(((w, nxt // w % h > 0), (h * w, nxt >= h * w))):
+        valid = is_video & ok
+        out[k, valid] = flat[nxt[valid] - distance]
+    return out
+
+
 class CompactPack:
-    """collate_fn: map ids to the compact vocabulary, then pack (pipeline.sequences.pack_clips)."""
+    """collate_fn: map ids to the compact vocabulary, pack (pipeline.sequences.pack_clips), and lay
+    out each clip's neighbour ids (`clip_neighbours`) the same way, as batch["near"] [2, rows, L]."""
 
     def __init__(self, table: torch.Tensor, spec: SequenceSpec, seq_len: int):
         self.table, self.spec, self.seq_len = table, spec, seq_len
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mapped = [{**it, "tokens": self.table[it["tokens"]]} for it in items]  # int64 gather, no float
-        return pack_clips(mapped, self.spec, self.seq_len)
+        batch = pack_clips(mapped, self.spec, self.seq_len)
+        near = torch.cat([clip_neighbours(it["tokens"]) for it in mapped], dim=1)  # same flat layout
+        rows, length = batch["input_ids"].shape
+        padded = torch.full((2, rows * length), -1, dtype=torch.int64)
+        padded[:, : near.shape[1]] = near
+        batch["near"] = padded.view(2, rows, length)
+        return batch
 
 
 def id_counts(ds: TokenDataset) -> tuple[np.ndarray, tuple[int, int, int], int]:
@@ -220,7 +230,7 @@ def train(model: TinyGPT, loader: TokenLoader, steps: int, lr: float, log_every:
     while step < steps:
         loader.set_epoch(epoch)
         for batch in loader:
-            logits = model(batch["input_ids"], batch["position_ids"], batch["document_ids"])
+            logits = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"])
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())  # ignore_index -100
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -243,7 +253,7 @@ def heldout_nats(model: TinyGPT, loader: TokenLoader, other: int, outside: int) 
     total, count = 0.0, 0
     for batch in loader:
         labels = batch["labels"]
-        logp = model(batch["input_ids"], batch["position_ids"], batch["document_ids"]).log_softmax(-1)
+        logp = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"]).log_softmax(-1)
         nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         nll = nll + (labels == other) * math.log(max(outside, 1))  # spread p(other) over those ids
         video = (labels >= 0) & (labels <= other)  # video-token targets: not EOV, not ignored

@@ -36,21 +36,38 @@ def structured_ids(shard: int, row: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def test_model_is_causal_across_packed_clips():
-    """Logits at a position never change when later tokens (same clip or the next one) change."""
+def test_neighbours_are_the_ids_above_and_one_frame_before_the_next_token():
+    """Worked by hand on a [2, 2, 3] clip: position p predicts video index p."""
+    ar = load_example()
+    tokens = torch.arange(12).reshape(2, 2, 3) + 100
+    near = ar.clip_neighbours(tokens)
+    none = -1
+    # next index:      0     1     2     3    4    5    6     7     8     9    10   11  (EOV) (-)
+    assert near[0].tolist() == [none, none, none, 100, 101, 102, none, none, none, 106, 107, 108, none, none]
+    assert near[1].tolist() == [none] * 6 + [100, 101, 102, 103, 104, 105, none, none]
+
+
+def test_model_is_causal_within_and_across_packed_clips():
+    """Logits up to a position never change when later tokens change, in its clip or the next one."""
     ar = load_example()
     torch.manual_seed(0)
     model = ar.TinyGPT(vocab=20, grid=(2, 2, 3), dim=16, layers=2, heads=2).eval()
-    spec = ar.SequenceSpec(vocab_size=17)
-    items = [{"tokens": torch.randint(0, 17, (2, 2, 3))} for _ in range(3)]
-    batch = ar.pack_clips(items, spec, seq_len=20)
-    args = (batch["input_ids"], batch["position_ids"], batch["document_ids"])
-    base = model(*args)
-    for cut in (3, 9, 15):
-        changed = batch["input_ids"].clone()
-        changed[:, cut + 1 :] = torch.randint(0, 17, changed[:, cut + 1 :].shape)
-        out = model(changed, *args[1:])
-        assert torch.allclose(out[:, : cut + 1], base[:, : cut + 1], atol=1e-5), cut
+    pack = ar.CompactPack(torch.arange(1 << 16), ar.SequenceSpec(vocab_size=17), seq_len=20)
+    clips = [torch.randint(0, 17, (2, 2, 3)) for _ in range(3)]
+
+    def logits(cl):
+        b = pack([{"tokens": c} for c in cl])
+        return model(b["input_ids"], b["position_ids"], b["document_ids"], b["near"]).flatten(0, 1)
+
+    base = logits(clips)
+    for clip, index in ((0, 4), (1, 0), (1, 7), (2, 10)):
+        changed = [c.clone() for c in clips]
+        changed[clip].view(-1)[index:] = (changed[clip].view(-1)[index:] + 5) % 17
+        for later in range(clip + 1, 3):
+            changed[later] = (changed[later] + 3) % 17
+        first = clip * 14 + index + 1  # flat position of the changed token (each clip: 14 = 12 + 2)
+        assert torch.allclose(logits(changed)[:first], base[:first], atol=1e-5), (clip, index)
+        assert not torch.allclose(logits(changed)[first:], base[first:]), "the change must matter later"
 
 
 def test_short_run_beats_the_unigram_entropy_on_held_out_clips(tmp_path, capsys):
