@@ -9,7 +9,9 @@ What it does:
    held out, the rest train, so no held-out clip (nor any other clip of its source videos in
    those shards) is seen in training.
 2. Counts the training ids and prints their unigram entropy H (nats per token, and bits).
-3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings) on clips read by
+3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings, plus the ids above
+   and one latent frame before each predicted token as inputs and as a copy head, and FSQ digit
+   embeddings when the job's tokenizer config names FSQ levels; see TinyGPT) on clips read by
    `pipeline.loader.TokenLoader` and packed into rows by `pipeline.sequences.PackCollator`:
    BOV, ids in raster order, EOV; clips never attend to each other.
 4. Prints the per-token loss on the held-out clips, in nats per video token (EOV targets
