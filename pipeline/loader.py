@@ -9,7 +9,8 @@
     # later: loader.load_state_dict(saved) continues with exactly the items that would have come
 
 Only shards with a manifest record are read (a shard is either complete or invisible), one
-Parquet row group at a time, so memory is bounded by the shuffle buffer plus one row group.
+Parquet row group at a time (WebDataset token tars: streamed clip by clip), so memory is bounded
+by the shuffle buffer plus one row group.
 Each epoch's order is a pure function of (dataset, seed, epoch, world size, workers); see
 `pipeline.loader_plan` for how rows are split (no row read twice, none skipped, ranks differ by
 at most one row). State is versioned and a restore that would change the sequence (another
