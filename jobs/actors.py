@@ -96,8 +96,9 @@ class TokenizerWorker:
             host = host.pin_memory()
         with torch.inference_mode():
             x = host.to(self.device, non_blocking=True)
-            # uint8 -> [-1, 1] on the device, in the model's dtype: [B,T,H,W,3] -> [B,3,T,H,W]
-            video = x.permute(0, 4, 1, 2, 3).to(self.tok.dtype).div_(127.5).sub_(1.0)
+            # uint8 -> [-1, 1] on the device: [B,T,H,W,3] -> [B,3,T,H,W]; scaled in fp32, then cast
+            # to the model's dtype (bf16 arithmetic on the pixel values would add its own rounding)
+            video = x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(self.tok.dtype)
             out = self.tok.encode(video)
             result = out.cpu().numpy() if out.dtype == torch.int64 else out.float().cpu().numpy()
         self._account(start, frames.shape, result)

@@ -10,6 +10,7 @@ runs on the cluster (it joins the cluster's Ray through RAY_ADDRESS, which Ray s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -20,11 +21,16 @@ from typing import Any
 from schemas.config import SpecError
 from schemas.jobspec import load_job_spec
 
+log = logging.getLogger(__name__)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # never uploaded: environments, caches, VCS data, local job outputs
 EXCLUDES = [".venv", "venv", ".git", "out", "build", "dist", "*.egg-info", "__pycache__",
             ".pytest_cache", ".mypy_cache", ".ruff_cache", ".whl", ".gl"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# a head that has just started answers before its job agent is up; that error is worth waiting out
+AGENT_NOT_READY = "No available agent"
+AGENT_WAIT_S = 120.0
 
 
 def _relative_spec(spec_path: str) -> str:
@@ -74,6 +80,18 @@ def _wait(client: Any, job_id: str, poll_s: float = 2.0) -> int:
     return 0 if name == "SUCCEEDED" else 1
 
 
+def _submit_when_ready(client: Any, submission: dict[str, Any]) -> str:
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return str(client.submit_job(**submission))
+        except RuntimeError as exc:
+            if AGENT_NOT_READY not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster's job agent is not up yet; retrying")
+            time.sleep(2.0)
+
+
 def cli_submit(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -82,7 +100,7 @@ def cli_submit(args: argparse.Namespace) -> int:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(**submission)
+    job_id = _submit_when_ready(client, submission)
     print(job_id)
     sys.stdout.flush()
     return _wait(client, job_id) if args.wait else 0

@@ -7,10 +7,19 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tests.jobs_helpers import SMALL, manifest_ids, read_summary, read_tokens, run_cli
+from schemas.jobspec import load_job_spec
+from tests.jobs_helpers import DEMO, SMALL, manifest_ids, read_summary, read_tokens, run_cli
 
 INTERFACE_COLUMNS = {"key", "source_url", "sample_key", "clip_index", "start_frame", "num_frames", "fps",
                      "height", "width", "tokenizer", "meta", "tokens", "token_shape"}
+
+
+def _demo_tokenizer_config():
+    import tokenizer_core
+
+    spec = load_job_spec(str(DEMO))
+    return tokenizer_core.from_pretrained(spec.tokenizer.checkpoint or spec.tokenizer.name,
+                                          init=spec.tokenizer.init).config
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,9 @@ def test_parquet_is_plain_and_complete(finished):
     assert rows == read_summary(out)["clips_written"]
     row = next(t for t in tables if t.num_rows).slice(0, 1).to_pylist()[0]
     t, h, w = row["token_shape"]
-    assert (t, h, w) == (1 + (9 - 1) // 4, 64 // 8, 64 // 8)  # DV4x8x8-tiny on 9x64x64 clips
+    cfg = _demo_tokenizer_config()
+    assert (t, h, w) == (1 + (9 - 1) // cfg.temporal_compression, 64 // cfg.spatial_compression,
+                         64 // cfg.spatial_compression)  # the demo's tokenizer on 9x64x64 clips
     assert len(row["tokens"]) == t * h * w and max(row["tokens"]) < 64000
     assert row["height"] == 64 and row["width"] == 64 and row["num_frames"] == 9
     assert json.loads(row["meta"]) is not None
