@@ -27,6 +27,12 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
 
 
+def _cpu_channels_last(x: torch.Tensor) -> bool:
+    """Where the GEMM / conv2d fast paths apply: they work around CPU kernel selection (on CUDA
+    cuDNN handles channels-last conv3d itself)."""
+    return x.device.type == "cpu" and _channels_last(x)
+
+
 def cat_time(parts: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat along time that keeps a channels-last layout (torch.cat would return NCDHW)."""
     ref = parts[-1]
@@ -101,15 +107,57 @@ class CausalConv3d(nn.Module):
         self.per_frame = kt == 1 and time_stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._stream is not None and (self.kernel_t > 1 or self.time_stride > 1):
-            x = stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad)
+        if torch.jit.is_tracing():
+            # The fast paths below loop and slice with Python ints, which a trace would freeze to
+            # the example's shape; a plain conv3d keeps traced files valid for any input size.
+            return self.conv3d(replicate_first(x, self.time_pad))
+        streaming = self._stream is not None and (self.kernel_t > 1 or self.time_stride > 1)
+        if self.pointwise_in_space and self.time_stride == 1 and not streaming and _cpu_channels_last(x):
+            return self._causal_gemm(x)  # the causal padding stays implicit: no padded copy
+        if streaming:
+            x = stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad)  # type: ignore[arg-type]
         else:
             x = replicate_first(x, self.time_pad)
-        if self.pointwise_in_space and _channels_last(x):
-            return self._temporal_gemm(x)
-        if self.per_frame and _channels_last(x):
+        if self.pointwise_in_space and _cpu_channels_last(x):
+            return self._window_gemm(x)
+        if self.per_frame and _cpu_channels_last(x):
             return self._frame_conv2d(x)
         return self.conv3d(x)
+
+    # PyTorch sends convs whose kernel is 1x1 in space to a slow unfold-based kernel at one thread
+    # (and for small inputs always). As matrix products over channels on channels-last frames
+    # [B, T, H, W, C] they run at BLAS speed, accumulate in place (addmm's backward does not need
+    # its output) and keep the layout. Outputs: [B, O, T_out, H, W], channels-last.
+    def _causal_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """Stride-1 causal kt x 1 x 1 conv; the kt-1 leading copies of frame 0 are never built."""
+        frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
+        b, t, h, w, c = frames.shape
+        weight = self.conv3d.weight[:, :, :, 0, 0]  # [O, C, kt]; tap kt-1 is the current frame
+        p = self.kernel_t - 1
+        out = F.linear(frames, weight[:, :, p], self.conv3d.bias)  # [B, T, H, W, O]
+        for k in range(p):
+            lag = p - k  # tap k looks `lag` frames back; before the clip start that is frame 0
+            for i in range(b):
+                rows_out, rows_in = out[i].view(t * h * w, -1), frames[i].reshape(t * h * w, c)
+                if t > lag:
+                    rows_out[lag * h * w:].addmm_(rows_in[: (t - lag) * h * w], weight[:, :, k].t())
+                first = F.linear(frames[i, :1], weight[:, :, k])  # [1, H, W, O]
+                out[i, : min(lag, t)] += first
+        return out.permute(0, 4, 1, 2, 3)
+
+    def _window_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """kt x 1 x 1 conv (any time stride) over an already padded / windowed x."""
+        kt, st = self.kernel_t, self.time_stride
+        n_out = (x.shape[2] - kt) // st + 1
+        frames = x.permute(0, 2, 3, 4, 1)  # [B, T_pad, H, W, C]
+        b, _, h, w, c = frames.shape
+        rows = b * n_out * h * w
+        weight = self.conv3d.weight[:, :, :, 0, 0]
+        taps = [frames[:, k: k + st * (n_out - 1) + 1: st].reshape(rows, c) for k in range(kt)]
+        out = F.linear(taps[0], weight[:, :, 0], self.conv3d.bias)
+        for k in range(1, kt):
+            out.addmm_(taps[k], weight[:, :, k].t())
+        return out.view(b, n_out, h, w, -1).permute(0, 4, 1, 2, 3)
 
     def _frame_conv2d(self, x: torch.Tensor) -> torch.Tensor:
         """A 1 x kh x kw conv as a channels-last conv2d over all frames (views, no copies): keeps the
@@ -119,23 +167,6 @@ class CausalConv3d(nn.Module):
         conv = self.conv3d
         out = F.conv2d(frames, conv.weight[:, :, 0], conv.bias, stride=conv.stride[1:], padding=conv.padding[1:])
         return out.unflatten(0, (b, t)).transpose(1, 2)
-
-    def _temporal_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """A kt x 1 x 1 conv on channels-last input as kt matrix products over channels.
-
-        PyTorch sends convs whose kernel is 1x1 in space to its slow unfold-based kernel when one
-        thread is used (and tiny inputs always); as GEMMs on [B, T, H, W, C] frames they run at
-        BLAS speed at any thread count. x: [B, C, T_pad, H, W] (channels-last, padded) ->
-        [B, O, T_out, H, W] (channels-last).
-        """
-        kt, st = self.kernel_t, self.time_stride
-        n_out = (x.shape[2] - kt) // st + 1
-        frames = x.permute(0, 2, 3, 4, 1)  # [B, T_pad, H, W, C]
-        weight = self.conv3d.weight[:, :, :, 0, 0]  # [O, C, kt]
-        out = F.linear(frames[:, 0: st * (n_out - 1) + 1: st], weight[:, :, 0], self.conv3d.bias)
-        for k in range(1, kt):
-            out = out + F.linear(frames[:, k: k + st * (n_out - 1) + 1: st], weight[:, :, k])
-        return out.permute(0, 4, 1, 2, 3)
 
 
 def factorized_conv(chan_in: int, chan_out: int) -> nn.Sequential:
@@ -190,11 +221,12 @@ class CausalResnetBlockFactorized3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In-place activations/residual only without autograd: they cut inference peak memory.
+        # In-place SiLU only without autograd (its backward needs the input). Residual adds go into
+        # the fresh conv output in place either way (a conv's backward does not need its output).
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
-        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
+        return h.add_(self.nin_shortcut(x))
 
 
 class _AttnProjections(nn.Module):
@@ -225,7 +257,7 @@ class CausalAttnBlock(_AttnProjections):
         q, k, v = (y.permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c) for y in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)
 
 
 class CausalTemporalAttnBlock(_AttnProjections):
@@ -247,7 +279,7 @@ class CausalTemporalAttnBlock(_AttnProjections):
         else:
             out = self._attend_streaming(q, k, v)
         out = out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)
 
     def _attend_streaming(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         state = self._stream
@@ -289,7 +321,7 @@ class CausalHybridDownsample3d(nn.Module):
             return x
         if self.spatial_down:
             x = F.pad(x, (0, 1, 0, 1, 0, 0))
-            x = self.conv1(x) + pair_mean(x, (3, 4))
+            x = self.conv1(x).add_(pair_mean(x, (3, 4)))
         if self.temporal_down:
             x = self._temporal(x)
         return self.conv3(x)
@@ -297,11 +329,11 @@ class CausalHybridDownsample3d(nn.Module):
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is None:
             x = replicate_first(x, 1)
-            return self.conv2(x) + pair_mean(x, (2,))
+            return self.conv2(x).add_(pair_mean(x, (2,)))
         if not self._stream.get("started"):
             x = replicate_first(x, 1)
             self._stream["started"] = True
-        return self.conv2(x) + pair_mean(stream_window(self._stream, x, 2, 2, 0), (2,))
+        return self.conv2(x).add_(pair_mean(stream_window(self._stream, x, 2, 2, 0), (2,)))
 
 
 class CausalHybridUpsample3d(nn.Module):
@@ -331,8 +363,8 @@ class CausalHybridUpsample3d(nn.Module):
             # 1 + k frames -> 1 + 2k (the official "time_factor" of 1 for a single frame gives the same).
             x = F.interpolate(x, scale_factor=(2.0, 1.0, 1.0), mode="nearest")  # = repeat_interleave(2), keeps layout
             x = x[:, :, 1:] if first else x
-            x = self.conv1(x) + x
+            x = self.conv1(x).add_(x)
         if self.spatial_up:
             x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-            x = self.conv2(x) + x
+            x = self.conv2(x).add_(x)
         return self.conv3(x)
