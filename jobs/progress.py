@@ -31,13 +31,15 @@ def _record_stats(record: Any) -> dict[str, Any]:
     return stats if isinstance(stats, dict) else stats.to_dict()
 
 
-def _bar_width() -> int:
-    """The terminal's width; a fresh pseudo-terminal reports 0 columns, and tqdm then draws nothing."""
+def _terminal_size() -> tuple[int, int]:
+    """(columns, rows) of the terminal. A fresh pseudo-terminal reports 0 x 0, and tqdm then
+    draws nothing (no width) or hides the bar (row 0 is "below" a 0-row screen)."""
     try:
-        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, rows = size.columns, size.lines
     except (OSError, ValueError, AttributeError):
-        columns = 0
-    return columns if columns >= 40 else 120
+        columns, rows = 0, 0
+    return (columns if columns >= 40 else 120), (rows if rows >= 2 else 24)
 
 
 class _Metrics:
@@ -74,7 +76,9 @@ class Progress:
         if show_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=shards_total, initial=shards_done, unit="shard", desc=job, ncols=_bar_width())
+            columns, rows = _terminal_size()
+            self.bar = tqdm(total=shards_total, initial=shards_done, unit="shard", desc=job, ncols=columns,
+                            nrows=rows)
         try:
             self.metrics: _Metrics | None = _Metrics(job)
         except Exception as exc:  # noqa: BLE001 - metrics are best effort, never fail a job
