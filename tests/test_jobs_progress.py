@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import socket
 import time
@@ -11,7 +13,7 @@ import pytest
 
 from jobs.runner import run_job
 from schemas.jobspec import load_job_spec
-from tests.jobs_helpers import DEMO, SMALL
+from tests.jobs_helpers import DEMO, REPO, SMALL, cli_env, run_args
 
 
 def _free_port() -> int:
@@ -56,6 +58,31 @@ def test_bar_shows_shards_clips_rates_and_failures(ray_with_metrics, tmp_path, c
     assert re.search(r"4/4 \[", screen), screen[-2000:]
     for figure in ("clips=", "frames/s", "tok/s", "busy=", "fail=0", "retry=0"):
         assert figure in screen
+
+
+def test_cli_draws_the_bar_on_a_real_terminal(tmp_path):
+    """`tokenmill run` with a pseudo-terminal as its controlling terminal (like a user's shell)."""
+    args = run_args(tmp_path / "out", *SMALL)
+    args.remove("--no-progress")
+    pid, master = pty.fork()
+    if pid == 0:  # the child: stdin/stdout/stderr are the terminal
+        os.chdir(REPO)
+        os.execve(args[0], args, cli_env())
+    chunks, deadline = [], time.time() + 240
+    while time.time() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the terminal closed with the child
+            break
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    screen = "".join(chunks)
+    assert os.waitstatus_to_exitcode(status) == 0, screen[-3000:]
+    assert re.search(r"4/4 \[", screen), screen[-2000:]
+    assert "clips=" in screen and "tok/s" in screen and "fail=0" in screen
 
 
 def test_job_figures_are_ray_metrics(ray_with_metrics, tmp_path):
