@@ -176,9 +176,15 @@ def _read_index(fs: Any, path: str) -> dict[str, tuple[str, ManifestRecord]]:
         raw = storage.read_bytes(fs, path)
     except FileNotFoundError:
         return {}
-    index = json.loads(gzip.decompress(raw))  # one document: one C-speed parse
-    if int(index.get("version", 0)) != _INDEX_VERSION:
-        log.info("ignoring manifest index of version %s", index.get("version"))
+    try:
+        index = json.loads(gzip.decompress(raw))  # one document: one C-speed parse
+    except (OSError, EOFError, ValueError) as exc:
+        # the index is only a cache: an unreadable one (older layout, torn write) costs a
+        # re-read of the records, never a wrong answer
+        log.warning("ignoring unreadable manifest index %s: %s", path, exc)
+        return {}
+    if not isinstance(index, dict) or int(index.get("version", 0)) != _INDEX_VERSION:
+        log.info("ignoring manifest index of another version at %s", path)
         return {}
     with _no_gc():
         return {name: (str(version), ManifestRecord.from_dict(rec)) for name, version, rec in index["entries"]}

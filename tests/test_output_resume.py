@@ -121,6 +121,18 @@ def test_manifest_index_is_a_cache_the_listing_overrules(tmp_path):
     assert read_manifest(str(out))[shard_id(URLS[1])].attempt == 2
 
 
+@pytest.mark.parametrize("content", [b"", b"not gzip at all", b"\x1f\x8b\x08\x00truncated"])
+def test_unreadable_manifest_index_falls_back_to_the_records(tmp_path, content):
+    """The index is a cache: an older layout or a torn write must cost time, never records."""
+    out = tmp_path / "out"
+    fp = fingerprint_for(make_spec(str(out)))
+    for u in URLS[:2]:
+        write_shard(str(out), u, fp)
+    assert compact_manifest(str(out)) == 2
+    (out / "_manifest" / "_index.jsonl.gz").write_bytes(content)
+    assert set(read_manifest(str(out))) == {shard_id(u) for u in URLS[:2]}
+
+
 def test_manifest_index_on_s3_notices_a_same_size_replacement(s3_server, s3_bucket):
     """On S3 the index entry is tied to the record's ETag, not only its size."""
     out, opts = f"s3://{s3_bucket}/out", s3_server.storage_options
