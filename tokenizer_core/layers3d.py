@@ -282,16 +282,30 @@ class CausalTemporalAttnBlock(_AttnProjections):
         return self.proj_out(out).add_(x)
 
     def _attend_streaming(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of this chunk over all earlier chunks' keys/values plus its own.
+
+        Past keys/values stay a list of per-chunk blocks (no growing concatenation, whose copy would
+        double the cache transiently). Sequences are short (latent frames), so the scores
+        [(B H W), 1, t, T] are small. q, k, v: [(B H W), 1, t, C] -> [(B H W), 1, t, C].
+        """
         state = self._stream
         assert state is not None
-        if "k" in state:
-            k = torch.cat([state["k"], k], dim=2)  # [(B H W), 1, T, C]: plain layout
-            v = torch.cat([state["v"], v], dim=2)
-        state["k"], state["v"] = k, v
-        past, t = k.shape[2] - q.shape[2], q.shape[2]
+        blocks_k: list[torch.Tensor] = state.setdefault("k", [])
+        blocks_v: list[torch.Tensor] = state.setdefault("v", [])
+        blocks_k.append(k)
+        blocks_v.append(v)
+        t, past = q.shape[2], sum(b.shape[2] for b in blocks_k) - q.shape[2]
+        scale = q.shape[-1] ** -0.5
+        scores = torch.cat([(q @ kb.transpose(-1, -2)) * scale for kb in blocks_k], dim=-1)  # [N, 1, t, T]
         # query i sits at absolute time past + i and may see keys 0 .. past + i
-        mask = torch.arange(past + t, device=q.device)[None, :] <= (past + torch.arange(t, device=q.device))[:, None]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        allowed = torch.arange(past + t, device=q.device)[None, :] <= (past + torch.arange(t, device=q.device))[:, None]
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        out = torch.zeros_like(q)
+        start = 0
+        for vb in blocks_v:
+            out += probs[..., start: start + vb.shape[2]] @ vb
+            start += vb.shape[2]
+        return out
 
 
 def mid_attention(channels: int) -> nn.Sequential:
