@@ -73,7 +73,7 @@ def bench_decode(spec: JobSpec, shards: list[str], workers: int) -> tuple[list[C
 def bench_tokenize(spec: JobSpec, clips: list[Clip], threads: int) -> float:
     import numpy as np
 
-    settings = ActorSettings(spec.tokenizer.name, "random", spec.tokenizer.dtype, "cpu", 0, 1, threads)
+    settings = ActorSettings(spec.tokenizer.name, None, "random", spec.tokenizer.dtype, "cpu", 0, 1, threads)
     worker = TokenizerWorker(settings)
     bs = spec.tokenizer.batch_size
     worker.encode(np.stack([c.frames for c in clips[:bs]]))  # warm-up (first-call allocations)

@@ -30,7 +30,8 @@ _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float
 class ActorSettings:
     """How to build one tokenizer actor (plain data, sent from the driver)."""
 
-    name: str  # preset / bundled name, or a path when a checkpoint is given
+    name: str  # preset or bundled name (or a path to a checkpoint / official folder)
+    checkpoint: str | None  # tokenizer.checkpoint: weights for the preset `name`
     init: str  # "pretrained" | "random"
     dtype: str  # float32 | bfloat16 | float16
     device: str  # "auto" | "cpu" | "cuda"
@@ -47,7 +48,7 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def load_tokenizer(name: str, init: str, device: str, dtype: str) -> Any:
+def load_tokenizer(name: str, init: str, device: str, dtype: str, checkpoint: str | None = None) -> Any:
     """Load through tokenizer_core; low-precision dtypes only where the device supports them."""
     import torch
 
@@ -58,7 +59,8 @@ def load_tokenizer(name: str, init: str, device: str, dtype: str) -> Any:
         # fp16 convolutions are not implemented on CPU for every op; run fp32 instead of failing
         log.warning("tokenizer.dtype=float16 is not supported on CPU; using float32")
         torch_dtype = torch.float32
-    return tokenizer_core.from_pretrained(name, device=device, dtype=torch_dtype, init=cast(Any, init))
+    return tokenizer_core.from_pretrained(name, device=device, dtype=torch_dtype, init=cast(Any, init),
+                                          checkpoint=checkpoint)
 
 
 class TokenizerWorker:
@@ -71,7 +73,7 @@ class TokenizerWorker:
         self.device = resolve_device(settings.device)
         if self.device == "cpu":
             torch.set_num_threads(max(1, settings.torch_threads))
-        self.tok = load_tokenizer(settings.name, settings.init, self.device, settings.dtype)
+        self.tok = load_tokenizer(settings.name, settings.init, self.device, settings.dtype, settings.checkpoint)
         self._lock = threading.Lock()  # guards the counters read by `stats` from another thread
         self._created = time.monotonic()
         self._busy = 0.0

@@ -83,7 +83,8 @@ def plan_placement(spec: JobSpec) -> Placement:
 def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
     tok = spec.tokenizer
     return ActorSettings(
-        name=tok.checkpoint or tok.name,
+        name=tok.name,
+        checkpoint=tok.checkpoint,
         init=tok.init,
         dtype=tok.dtype,
         # "auto" picks CUDA only where torch sees a GPU (a fake-GPU test node has none); an

@@ -51,7 +51,7 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
 
     tok_spec = spec.tokenizer
     try:
-        tok = load_tokenizer(tok_spec.checkpoint or tok_spec.name, tok_spec.init, "cpu", "float32")
+        tok = load_tokenizer(tok_spec.name, tok_spec.init, "cpu", "float32", tok_spec.checkpoint)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         field_name = "tokenizer.checkpoint" if tok_spec.checkpoint else "tokenizer.name"
         raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
