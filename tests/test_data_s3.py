@@ -13,7 +13,8 @@ from pipeline.sources import expand_shards
 from pipeline.stages import iter_shard
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import encode_video, write_tar
-from tests.fixtures.s3 import S3Server, _free_port, _moto_server_command, _wait_until_up
+from tests.fixtures.net import free_port
+from tests.fixtures.s3 import S3Server, _moto_server_command, _wait_until_up
 
 SPEC = ClipSpec(num_frames=9, resolution=(32, 32))
 
@@ -46,7 +47,7 @@ def test_a_missing_s3_object_raises_for_the_caller_to_retry(s3_server, s3_bucket
 @pytest.fixture
 def private_s3(tmp_path):
     """A moto server of this test's own, so that it can be killed mid-read."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(_moto_server_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:

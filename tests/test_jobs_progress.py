@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import socket
 import time
 import urllib.request
 
@@ -13,20 +12,15 @@ import pytest
 
 from jobs.runner import run_job
 from schemas.jobspec import load_job_spec
+from tests.fixtures.net import free_port
 from tests.jobs_helpers import DEMO, REPO, SMALL, cli_env, run_args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def ray_with_metrics():
     import ray
 
-    port = _free_port()
+    port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port,
              namespace="tokenmill", log_to_driver=False)
     yield port

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tokenizer_core as tc
+from tests.tokenizer_support import spread_tokenizer
 from tokenizer_core.fsq import FSQuantizer
 from tokenizer_core.model import CosmosTokenizer
 
@@ -24,17 +25,6 @@ IMAGE_TINY = ["CI8x8-tiny", "CI16x16-tiny", "DI8x8-tiny", "DI16x16-tiny"]
 def _video(b: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
-
-
-def _random(name: str) -> CosmosTokenizer:
-    """A seeded random tokenizer; for discrete ones quant_conv is scaled up so that ids vary
-    (at default init the pre-quantisation values are tiny and FSQ maps them all to one id)."""
-    tok = tc.from_pretrained(name, init="random")
-    if tok.config.discrete:
-        with torch.no_grad():
-            for p in tok.quant_conv.parameters():
-                p.mul_(200.0)
-    return tok
 
 
 def _factors(name: str) -> tuple[int, int]:
@@ -88,7 +78,7 @@ def test_tiny_presets_encode_decode_shapes_and_dtypes(name: str) -> None:
 @pytest.mark.parametrize("name", ["DV8x16x16-tiny", "CV8x8x8-tiny", "CV4x8x8-tiny"])
 def test_encoder_is_causal(name: str) -> None:
     """Changing frames after 1 + k*t never changes latent frames 0..k."""
-    tok = _random(name)
+    tok = spread_tokenizer(name)
     t, _ = _factors(name)
     x = _video(1, 1 + 4 * t, 32, 32)
     changed = x.clone()
@@ -104,7 +94,7 @@ def test_encoder_is_causal(name: str) -> None:
 @pytest.mark.parametrize("name", ["DV8x16x16-tiny", "CV8x8x8-tiny"])
 def test_decoder_is_causal(name: str) -> None:
     """Decoded frames 0 .. 1+k*t depend only on latent frames 0..k."""
-    tok = _random(name)
+    tok = spread_tokenizer(name)
     t, _ = _factors(name)
     z = tok.encode(_video(1, 1 + 3 * t, 32, 32))
     z2 = tok.encode(_video(1, 1 + 3 * t, 32, 32, seed=9))
@@ -117,7 +107,7 @@ def test_decoder_is_causal(name: str) -> None:
 @pytest.mark.parametrize("name", ["DV8x16x16-tiny", "CV4x8x8-tiny"])
 def test_image_is_first_frame_of_video(name: str) -> None:
     """A one-frame video encodes to exactly the first latent frame of any video starting with it."""
-    tok = _random(name)
+    tok = spread_tokenizer(name)
     t, _ = _factors(name)
     x = _video(1, 1 + 2 * t, 32, 32)
     full, single = tok.encode(x), tok.encode(x[:, :, :1])
@@ -155,7 +145,7 @@ def test_fsq_straight_through_gradient() -> None:
 
 @pytest.mark.parametrize("name", ["DV4x8x8-tiny", "CV8x8x8-tiny", "DI8x8-tiny"])
 def test_same_result_at_batch_size_1_and_4(name: str) -> None:
-    tok = _random(name)
+    tok = spread_tokenizer(name)
     t, _ = _factors(name)
     x = _video(4, 1 + 2 * t, 32, 32)
     batched = tok.encode(x)
@@ -168,7 +158,7 @@ def test_same_result_at_batch_size_1_and_4(name: str) -> None:
 
 
 def test_image_tokenizer_tokenizes_videos_frame_by_frame() -> None:
-    tok = _random("DI8x8-tiny")
+    tok = spread_tokenizer("DI8x8-tiny")
     x = _video(2, 3, 32, 32)
     ids = tok.encode(x)
     assert ids.shape == (2, 3, 4, 4)
@@ -219,7 +209,7 @@ def test_weights_hash_changes_with_any_weight() -> None:
 
 def test_full_size_preset_runs_at_small_resolution() -> None:
     """The real DV8x16x16 architecture (110M params, random init) at 9x32x32: shapes and streaming."""
-    tok = _random("DV8x16x16")
+    tok = spread_tokenizer("DV8x16x16")
     x = _video(1, 17, 32, 32)
     ids = tok.encode(x)
     assert ids.shape == (1, 3, 2, 2) and len(torch.unique(ids)) > 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tokenizer_core as tc
+from tests.tokenizer_support import spread_tokenizer
 from tokenizer_core.patching import Patcher, Patcher3D, UnPatcher, UnPatcher3D
 
 torch.set_num_threads(1)
@@ -18,20 +18,11 @@ def _video(t: int, h: int = 32, w: int = 32, b: int = 1, seed: int = 0) -> torch
     return torch.rand(b, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def _tok(name: str) -> tc.CosmosTokenizer:
-    tok = tc.from_pretrained(name, init="random")
-    if tok.config.discrete:
-        with torch.no_grad():
-            for p in tok.quant_conv.parameters():
-                p.mul_(200.0)
-    return tok
-
-
 @pytest.mark.parametrize("name", ["CV8x8x8-tiny", "CV4x8x8-tiny", "CV8x16x16-tiny"])
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_stream_encode_equals_full_pass(name: str, chunk: int) -> None:
     """Chunked encoding with carried causal state = one full pass (<= 1e-5 fp32), any chunk size."""
-    tok = _tok(name)
+    tok = spread_tokenizer(name)
     t = tok.config.temporal_compression
     x = _video(1 + 7 * t, b=2)
     full = tok.encode(x)
@@ -41,14 +32,14 @@ def test_stream_encode_equals_full_pass(name: str, chunk: int) -> None:
 
 
 def test_stream_ids_equal_full_pass_ids() -> None:
-    tok = _tok("DV8x16x16-tiny")
+    tok = spread_tokenizer("DV8x16x16-tiny")
     x = _video(1 + 6 * 8)
     assert torch.equal(tok.encode(x, mode="stream", chunk_frames=8), tok.encode(x))
 
 
 @pytest.mark.parametrize("name", ["CV8x8x8-tiny", "DV4x8x8-tiny"])
 def test_stream_decode_equals_full_pass(name: str) -> None:
-    tok = _tok(name)
+    tok = spread_tokenizer(name)
     t = tok.config.temporal_compression
     z = tok.encode(_video(1 + 5 * t))
     full = tok.decode(z)
@@ -60,7 +51,7 @@ def test_stream_decode_equals_full_pass(name: str) -> None:
 
 def test_encode_stream_accepts_an_iterator_of_chunks() -> None:
     """Chunks can come from a reader one at a time; outputs arrive per chunk."""
-    tok = _tok("CV8x8x8-tiny")
+    tok = spread_tokenizer("CV8x8x8-tiny")
     x = _video(1 + 4 * 8)
     chunks = iter([x[:, :, :9], x[:, :, 9:17], x[:, :, 17:33]])
     parts = list(tok.encode_stream(chunks))
@@ -71,7 +62,7 @@ def test_encode_stream_accepts_an_iterator_of_chunks() -> None:
 
 
 def test_stream_state_is_dropped_after_use() -> None:
-    tok = _tok("CV8x8x8-tiny")
+    tok = spread_tokenizer("CV8x8x8-tiny")
     x = _video(17)
     tok.encode(x, mode="stream")
     assert all(getattr(m, "_stream", None) is None for m in tok.modules())
@@ -80,7 +71,7 @@ def test_stream_state_is_dropped_after_use() -> None:
 
 def test_windowed_mode_restarts_causal_context_per_window() -> None:
     """The official inference: independent 17-frame windows; differs from the causal stream."""
-    tok = _tok("CV8x8x8-tiny")
+    tok = spread_tokenizer("CV8x8x8-tiny")
     x = _video(34)
     windowed = tok.encode(x, mode="windowed", window=17)
     assert windowed.shape[2] == 6
@@ -133,16 +124,16 @@ def test_low_precision_runs_with_fsq_in_fp32(dtype: str) -> None:
     """bf16/fp16 weights: latents stay close to fp32, FSQ quantises in fp32 and ids stay int64."""
     low_dtype = getattr(torch, dtype)
     x = _video(17, 64, 64)
-    cont, cont_ref = _tok("CV8x8x8-tiny").to(low_dtype), _tok("CV8x8x8-tiny")
+    cont, cont_ref = spread_tokenizer("CV8x8x8-tiny").to(low_dtype), spread_tokenizer("CV8x8x8-tiny")
     lat, lat_ref = cont.encode(x), cont_ref.encode(x)
     assert lat.dtype == low_dtype
     assert (lat.float() - lat_ref).norm() / lat_ref.norm() < 0.05
-    tok = _tok("DV8x16x16-tiny").to(low_dtype)
+    tok = spread_tokenizer("DV8x16x16-tiny").to(low_dtype)
     ids = tok.encode(x)
     assert ids.dtype == torch.int64 and int(ids.max()) < 64000
     # quant_conv was scaled x200 to spread the ids, which also amplifies low-precision error, so
     # only a majority of positions keep the fp32 id (the rest sit near FSQ bin edges).
-    assert (ids == _tok("DV8x16x16-tiny").encode(x)).float().mean() >= 0.5
+    assert (ids == spread_tokenizer("DV8x16x16-tiny").encode(x)).float().mean() >= 0.5
     assert tok.decode(ids).dtype == low_dtype
     # Streaming is exact only in fp32: in bf16/fp16 chunked and full passes round differently.
     assert tok.encode(x, mode="stream", chunk_frames=8).shape == ids.shape
