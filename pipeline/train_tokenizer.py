@@ -14,7 +14,6 @@ so a kill never leaves a torn file. Running the same command again resumes from 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -120,13 +119,12 @@ def config_of(module: nn.Module) -> Any:
 
 
 def settings_from(cfg: TrainConfig) -> Any:
-    from tokenizer_core.losses import LossWeights
-    from tokenizer_core.training import OptimSettings, TrainSettings
+    from tokenizer_core.training import TrainSettings
 
     return TrainSettings(
         steps=cfg.steps,
-        optim=OptimSettings(**dataclasses.asdict(cfg.optim)),
-        loss=LossWeights(**dataclasses.asdict(cfg.loss)),
+        optim=cfg.optim,
+        loss=cfg.loss,
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints,

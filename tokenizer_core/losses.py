@@ -14,18 +14,11 @@ would need them; L1 + SSIM is the closest weight-free substitute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+# the loss section of the training config is the one definition of the weights and defaults
+from schemas.training import LossSpec as LossWeights
 from tokenizer_core.metrics import ssim_map
-
-
-@dataclass
-class LossWeights:
-    l1: float = 1.0
-    ssim: float = 0.2
-    temporal: float = 0.5
 
 
 def frames_as_images(video: torch.Tensor) -> torch.Tensor:

@@ -29,22 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+# the optim section of the training config is the one definition of these settings and defaults
+from schemas.training import OptimSpec as OptimSettings
 from tokenizer_core.losses import LossWeights, reconstruction_loss
 
 log = logging.getLogger(__name__)
 
 NextBatch = Callable[[torch.Generator], torch.Tensor]  # generator -> video [B, 3, T, H, W]
-
-
-@dataclass
-class OptimSettings:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
 
 
 @dataclass
