@@ -217,6 +217,20 @@ def test_full_size_preset_runs_at_small_resolution() -> None:
     assert math.isclose(sum(p.numel() for p in tok.parameters()) / 1e6, 112.47, abs_tol=0.01)
 
 
+@pytest.mark.parametrize("name", ["DV4x8x8-tiny", "CV8x8x8-tiny"])
+def test_training_forward_matches_inference_forward(name: str) -> None:
+    """Under autograd the causal 1x1 temporal convs take the padded-gemm path (training speed);
+    without it, the in-place per-item path (memory). Both must give the same reconstruction."""
+    tok = spread_tokenizer(name)
+    t, _ = _factors(name)
+    x = _video(2, 1 + 2 * t, 32, 32)
+    with torch.no_grad():
+        reference = tok.forward_with_latents(x).reconstruction
+    trained = tok.forward_with_latents(x.clone().requires_grad_(True)).reconstruction
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), reference, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["DV4x8x8-tiny", "CV8x8x8-tiny", "DI8x8-tiny"])
 def test_forward_is_differentiable_end_to_end(name: str) -> None:
     """Training path: the reconstruction loss reaches the encoder's first conv (FSQ straight-through)."""
