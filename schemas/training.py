@@ -8,7 +8,7 @@ config file's folder.
     model:     what to train: a preset/bundled name, a checkpoint to fine-tune, or random init,
                plus architecture overrides for from-scratch runs
     optim:     AdamW, warmup + cosine decay, gradient clipping, EMA
-    loss:      weights of the L1, SSIM and temporal terms
+    loss:      weights of the L1, squared-error, SSIM and temporal terms
     export:    optional fp16 copy of the EMA weights (e.g. into tokenizer_core/bundled/<name>/)
 """
 
@@ -90,11 +90,12 @@ class OptimSpec:
 @dataclass
 class LossSpec:
     l1: float = 1.0
+    mse: float = 0.0  # squared error: the term PSNR measures
     ssim: float = 0.2
     temporal: float = 0.5
 
     def validate(self, path: str) -> None:
-        for name in ("l1", "ssim", "temporal"):
+        for name in ("l1", "mse", "ssim", "temporal"):
             if getattr(self, name) < 0:
                 raise SpecError(f"{path}.{name}", "must be >= 0")
 

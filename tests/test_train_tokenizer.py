@@ -112,3 +112,19 @@ def test_config_errors_name_the_field(tmp_path, shard):
         load_train_config(str(path))
     path = _write_config(tmp_path, shard, **{"optim.warmup": 3})
     assert main(["train-tokenizer", str(path)]) == 2
+
+
+def test_loss_terms_are_weighted_sums_of_their_definitions():
+    """Each enabled term is its textbook value on a known error, and the total is the weighted sum."""
+    from tokenizer_core.losses import LossWeights, reconstruction_loss
+
+    video = torch.zeros(1, 3, 2, 16, 16)
+    recon = torch.full_like(video, 0.5)
+    recon[:, :, 1] = -0.5  # frame 1 errs the other way: |error| 0.5 everywhere, squared 0.25
+    total, parts = reconstruction_loss(recon, video, LossWeights(l1=1.0, mse=4.0, ssim=0.0, temporal=0.5))
+    assert parts["l1"] == pytest.approx(0.5) and parts["mse"] == pytest.approx(0.25)
+    assert parts["temporal"] == pytest.approx(1.0)  # recon's frame step is -1, the video's 0
+    assert "ssim" not in parts
+    assert float(total) == pytest.approx(0.5 + 4.0 * 0.25 + 0.5 * 1.0)
+    _, without = reconstruction_loss(recon, video, LossWeights())
+    assert "mse" not in without  # off by default: the shipped recipe's loss is unchanged

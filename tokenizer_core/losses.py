@@ -3,6 +3,7 @@
 Shape legend: video, recon: [B, 3, T, H, W] in [-1, 1].
 
 total = l1 * |recon - video|
+      + mse * (recon - video)^2                   the error PSNR measures
       + ssim * (1 - SSIM(recon, video))           structural term, per frame (fold T into B)
       + temporal * |d_t recon - d_t video|        d_t = difference of consecutive frames
 
@@ -47,7 +48,10 @@ def reconstruction_loss(
     """Weighted total loss and its parts (as floats, for logging)."""
     recon = recon.float()
     video = video.float()
-    parts = {"l1": (recon - video).abs().mean()}
+    error = recon - video
+    parts = {"l1": error.abs().mean()}
+    if weights.mse:
+        parts["mse"] = error.square().mean()
     if weights.ssim:
         parts["ssim"] = structural_loss(recon, video)
     if weights.temporal:
