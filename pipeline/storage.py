@@ -61,17 +61,23 @@ def list_sizes(fs: Any, directory: str) -> dict[str, int]:
     """
     if is_local(fs):
         return _list_local(directory)
+    return {name: int(entry.get("size") or 0) for name, entry in _remote_files(fs, directory)}
+
+
+def _remote_files(fs: Any, directory: str) -> list[tuple[str, dict[str, Any]]]:
+    """(base name, listing entry) of the files directly in a remote `directory`, fresh from one
+    listing; names starting with "_" or "." are skipped, a missing directory is empty."""
     fs.invalidate_cache(directory)
     try:
         entries = fs.ls(directory, detail=True)
     except FileNotFoundError:
-        return {}
-    sizes = {}
+        return []
+    files = []
     for entry in entries:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry.get("type") == "file" and not name.startswith(("_", ".")):
-            sizes[name] = int(entry.get("size") or 0)
-    return sizes
+            files.append((name, entry))
+    return files
 
 
 def list_versions(fs: Any, directory: str) -> dict[str, str]:
@@ -90,17 +96,10 @@ def list_versions(fs: Any, directory: str) -> dict[str, str]:
                 }
         except FileNotFoundError:
             return {}
-    fs.invalidate_cache(directory)
-    try:
-        entries = fs.ls(directory, detail=True)
-    except FileNotFoundError:
-        return {}
     out = {}
-    for entry in entries:
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry.get("type") == "file" and not name.startswith(("_", ".")):
-            stamp = entry.get("ETag") or entry.get("LastModified") or ""
-            out[name] = f"{int(entry.get('size') or 0)}:{str(stamp).strip(chr(34))}"
+    for name, entry in _remote_files(fs, directory):
+        stamp = entry.get("ETag") or entry.get("LastModified") or ""
+        out[name] = f"{int(entry.get('size') or 0)}:{str(stamp).strip(chr(34))}"
     return out
 
 
