@@ -174,10 +174,9 @@ class Trainer:
                 seconds = time.perf_counter() - window_start
                 _log_window(self.step, window, frames, seconds, log_path)
                 window, frames, window_start = [], 0, time.perf_counter()
-            out_of_time = s.max_minutes is not None and self.elapsed > 60 * s.max_minutes
-            if save is not None and (self.step % s.checkpoint_every == 0 or out_of_time):
+            if save is not None and self.step % s.checkpoint_every == 0:
                 save(self, "periodic")
-            if out_of_time:
+            if s.max_minutes is not None and self.elapsed > 60 * s.max_minutes:  # the final save follows
                 log.warning("stopping at step %d: max_minutes=%s reached", self.step, s.max_minutes)
                 break
         if bar is not None:
