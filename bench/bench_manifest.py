@@ -83,9 +83,10 @@ def timed(label: str, fn: Any, results: dict[str, float]) -> Any:
 
 @contextlib.contextmanager
 def moto() -> Iterator[dict[str, Any]]:
-    from tests.fixtures.s3 import _free_port, _moto_server_command, _wait_until_up
+    from tests.fixtures.net import free_port
+    from tests.fixtures.s3 import _moto_server_command, _wait_until_up
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(_moto_server_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_until_up(f"http://127.0.0.1:{port}", proc)

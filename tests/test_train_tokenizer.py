@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,21 @@ def test_resume_continues_with_identical_next_steps(tmp_path, shard):
         assert r["loss"] == pytest.approx(reference[r["step"]], rel=1e-6, abs=1e-7), r["step"]
 
 
+def test_max_minutes_stops_early_with_a_final_checkpoint_and_export(tmp_path, shard):
+    """Out of time after the first step: last.pt and the export hold that step, no numbered
+    checkpoint is made off the checkpoint_every grid, and the same command continues the run."""
+    export = tmp_path / "exported.pt"
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=6, checkpoint_every=4, max_minutes=1e-6)),
+                            [f"export.path={export}"])
+    assert run_training(cfg).step == 1
+    run_dir = Path(cfg.output_dir)
+    assert torch.load(run_dir / "last.pt", weights_only=True)["training"]["step"] == 1
+    assert torch.load(export, weights_only=True)["extra"]["steps"] == 1
+    assert not list(run_dir.glob("step-*.pt"))
+    assert run_training(replace(cfg, max_minutes=None)).step == 6
+    assert sorted(p.name for p in run_dir.glob("step-*.pt")) == ["step-0000004.pt"]
+
+
 def test_resume_refuses_a_different_architecture(tmp_path, shard):
     cfg = load_train_config(str(_write_config(tmp_path, shard, steps=2)))
     run_training(cfg)
@@ -128,3 +144,21 @@ def test_loss_terms_are_weighted_sums_of_their_definitions():
     assert float(total) == pytest.approx(0.5 + 4.0 * 0.25 + 0.5 * 1.0)
     _, without = reconstruction_loss(recon, video, LossWeights())
     assert "mse" not in without  # off by default: the shipped recipe's loss is unchanged
+
+
+def test_bundled_recipe_chains_its_two_stages_and_the_shipped_weights_are_stage_two():
+    """scripts/train_bundled.sh: stage two fine-tunes stage one's checkpoint and alone writes the
+    bundled file, whose recorded config is stage two's (weights retrained with another recipe fail)."""
+    root = Path(__file__).resolve().parents[1]
+    one = load_train_config(str(root / "examples" / "train_bundled.yaml"))
+    two = load_train_config(str(root / "examples" / "train_bundled_finetune.yaml"))
+    assert one.model.init == "random" and two.model.init == "pretrained"
+    assert Path(two.model.name) == Path(one.output_dir) / "last.pt"
+    assert one.export is None and two.export is not None
+    assert Path(two.export.path) == root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
+    recorded = torch.load(two.export.path, weights_only=True)["extra"]
+    made_by, stage_two = (json.loads(json.dumps(c)) for c in (recorded["train_config"], two.to_dict()))
+    for paths in (made_by, stage_two):  # absolute paths of the machine that trained it
+        del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
+    assert made_by == stage_two
+    assert 0 < recorded["steps"] <= two.steps  # max_minutes may end a run early
