@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.clips import DecodedClip, cut_clips  # noqa: E402
+from pipeline.readers.clips import DecodedClip, cut_clips  # noqa: E402
 from schemas.jobspec import ClipSpec  # noqa: E402
 
 SPEC = dict(num_frames=17, resolution=(256, 256))
@@ -96,8 +96,8 @@ def isolation_overhead(path: Path, tmp: Path, repeat: int, videos: int = 4) -> d
     """CPU seconds (this process + decoder children) for a shard of `videos` copies of `path`."""
     import resource
 
+    from pipeline.readers.stages import iter_shard
     from pipeline.records import ShardStats
-    from pipeline.stages import iter_shard
     from tests.fixtures.media import write_tar
 
     data = path.read_bytes()
@@ -135,7 +135,8 @@ def rss_child(path: str, decoder: str) -> None:
 
     data = Path(path).read_bytes()
     before = status_mb("VmRSS")
-    clips = sum(1 for x in cut_clips(data, ClipSpec(decoder=decoder, **SPEC)) if isinstance(x, DecodedClip))  # type: ignore[arg-type]
+    spec = ClipSpec(decoder=decoder, **SPEC)  # type: ignore[arg-type]
+    clips = sum(1 for x in cut_clips(data, spec) if isinstance(x, DecodedClip))
     print(json.dumps({"clips": clips, "rss_before_mb": before, "peak_rss_mb": status_mb("VmHWM"),
                       "file_mb": len(data) / 1e6}))
 

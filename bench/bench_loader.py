@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.loader import TokenDataset, TokenLoader  # noqa: E402
-from pipeline.output import ShardWriter  # noqa: E402
 from pipeline.records import ShardStats  # noqa: E402
-from pipeline.token_files import ClipInfo  # noqa: E402
+from pipeline.writers.commit import ShardWriter  # noqa: E402
+from pipeline.writers.token_files import ClipInfo  # noqa: E402
 
 
 def write_job(root: Path, shards: int, clips: int, grid: tuple[int, int, int]) -> None:

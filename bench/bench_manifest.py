@@ -29,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import storage  # noqa: E402
-from pipeline.manifest import compact_manifest, plan_shards, read_manifest  # noqa: E402
-from pipeline.output import error_path, record_path, token_path  # noqa: E402
 from pipeline.records import shard_id  # noqa: E402
+from pipeline.writers import storage  # noqa: E402
+from pipeline.writers.commit import error_path, record_path, token_path  # noqa: E402
+from pipeline.writers.manifest import compact_manifest, plan_shards, read_manifest  # noqa: E402
 from schemas.manifest import ManifestRecord, OutputFile  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Pipeline throughput on this machine, in one run (ratios against stages measured in the same run).
 
-    decode-only     pipeline.stages.iter_shard over every shard, `--decode-workers` processes
+    decode-only     pipeline.readers.stages.iter_shard over every shard, `--decode-workers` processes
     tokenize-only   the same clips, pre-decoded, through one in-process TokenizerWorker
     end-to-end      `run_job` on an embedded Ray with 1 tokenizer actor, then with 2
                     (throughput = clips / dispatch time, i.e. after Ray and the actors are up)
@@ -56,7 +56,7 @@ def job_spec(args: argparse.Namespace, shards: list[str], output: str, actors: i
 
 
 def _decode_one(url: str, spec: JobSpec) -> tuple[list[Clip], float]:
-    from pipeline.stages import iter_shard
+    from pipeline.readers.stages import iter_shard
 
     start = time.perf_counter()
     clips = [c for c in iter_shard(url, spec.clips, {}, ShardStats(), isolate=True) if isinstance(c, Clip)]

@@ -12,7 +12,7 @@ What it does:
 3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings, plus the ids above
    and one latent frame before each predicted token as inputs and as a copy head, and FSQ digit
    embeddings when the job's tokenizer config names FSQ levels; see TinyGPT) on clips read by
-   `pipeline.loader.TokenLoader` and packed into rows by `pipeline.sequences.PackCollator`:
+   `pipeline.loader.TokenLoader` and packed into rows by `pipeline.loader.sequences.PackCollator`:
    BOV, ids in raster order, EOV; clips never attend to each other.
 4. Prints the per-token loss on the held-out clips, in nats per video token (EOV targets
    excluded), next to H and to the held-out loss of the training unigram model. Exit code 0
@@ -44,7 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without install
 
 from pipeline.loader import TokenDataset, TokenLoader, shard_ids  # noqa: E402
-from pipeline.sequences import SequenceSpec, document_causal_mask, pack_clips  # noqa: E402
+from pipeline.loader.sequences import SequenceSpec, document_causal_mask, pack_clips  # noqa: E402
 
 ID_SPACE = 1 << 16  # token files store uint16 ids
 
@@ -154,7 +154,7 @@ def clip_neighbours(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class CompactPack:
-    """collate_fn: map ids to the compact vocabulary, pack (pipeline.sequences.pack_clips), and lay
+    """collate_fn: map ids to the compact vocabulary, pack (pipeline.loader.sequences.pack_clips), and lay
     out each clip's neighbour ids (`clip_neighbours`) the same way, as batch["near"] [2, rows, L]."""
 
     def __init__(self, table: torch.Tensor, spec: SequenceSpec, seq_len: int):

@@ -4,7 +4,7 @@ Only argparse and the standard library are imported at start-up: each subcommand
 module and function that implements it, imported when the subcommand runs, so `--help` is
 instant and works without a GPU, Ray or torch being importable.
 
-Exit codes (shared/INTERFACE.md): 0 success; 1 the work ran but some of it failed permanently;
+Exit codes (docs/interface.md): 0 success; 1 the work ran but some of it failed permanently;
 2 bad usage or an invalid spec (one message naming the field, nothing written).
 """
 
@@ -22,10 +22,10 @@ HANDLERS = {
     "run": "jobs.runner:cli_run",
     "submit": "jobs.submit:cli_submit",
     "status": "jobs.status:cli_status",
-    "make-shards": "pipeline.make_shards:cli_make_shards",
-    "preview": "pipeline.preview:cli_preview",
-    "eval": "pipeline.evaluate:cli_eval",
-    "train-tokenizer": "pipeline.train_tokenizer:cli_train",
+    "make-shards": "pipeline.readers.make_shards:cli_make_shards",
+    "preview": "pipeline.tokenizer_tools.preview:cli_preview",
+    "eval": "pipeline.tokenizer_tools.evaluate:cli_eval",
+    "train-tokenizer": "pipeline.tokenizer_tools.train_tokenizer:cli_train",
 }
 
 

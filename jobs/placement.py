@@ -5,7 +5,8 @@
   fractional CPU, so shard tasks are never starved of CPU by actors that mostly wait on a GPU.
 - Shard tasks: `resources.decode_workers` in flight (auto = the cluster's CPUs not reserved by
   actors, rounded up); each asks Ray for a fraction of a CPU, so Ray never refuses to place one
-  because actors hold the whole CPUs (the hang described in FIELD-NOTES).
+  because actors hold the whole CPUs (with Ray 2.60, a Ray Data actor pool whose actors hold
+  every CPU hangs forever waiting for its read task's CPU; fractional actor CPUs avoid it).
 """
 
 from __future__ import annotations

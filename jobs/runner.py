@@ -75,7 +75,7 @@ def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
 
 def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any]) -> Any:
     from jobs.shard_task import ShardJob
-    from pipeline.manifest import token_file_metadata
+    from pipeline.writers.manifest import token_file_metadata
 
     return ShardJob(
         output_uri=spec.output.uri,
@@ -129,8 +129,9 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
 def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
                extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
     """summary.json from the manifest (the truth), not from driver memory."""
-    from pipeline.manifest import build_summary, read_manifest, write_summary
     from pipeline.records import shard_id
+    from pipeline.writers.manifest import compact_manifest, read_manifest
+    from pipeline.writers.summary import build_summary, write_summary
 
     wanted = {shard_id(u) for u in urls}
     records = {k: r for k, r in read_manifest(spec.output.uri, spec.output.storage_options).items() if k in wanted}
@@ -139,13 +140,14 @@ def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]]
                             status=status)
     summary.update(extra)
     write_summary(spec.output.uri, summary, storage_options=spec.output.storage_options)
+    compact_manifest(spec.output.uri, spec.output.storage_options, records)
     return summary
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False) -> RunOutcome:
     """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job."""
-    from pipeline.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
-    from pipeline.sources import expand_shards
+    from pipeline.readers.sources import expand_shards
+    from pipeline.writers.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
 
     started = time.time()
     info = probe_tokenizer(spec)

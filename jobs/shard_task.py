@@ -1,6 +1,6 @@
 """One input shard's whole life, run as a Ray task on a CPU worker.
 
-stream the shard (pipeline.stages.iter_shard) -> group clips into batches by shape -> send each
+stream the shard (pipeline.readers.stages.iter_shard) -> group clips into batches by shape -> send each
 batch to a tokenizer actor, keeping at most `max_batches_in_flight` outstanding (backpressure:
 decoded frames never pile up in the object store) -> write rows in clip order through
 ShardWriter -> commit (publish the files, then the manifest record).
@@ -93,7 +93,7 @@ class ActorRouter:
     def send(self, clips: list[Clip]) -> _Batch:
         import ray
 
-        from pipeline.output import ClipInfo
+        from pipeline.writers.commit import ClipInfo
 
         frames_ref = ray.put(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
         infos = [ClipInfo.from_clip(c) for c in clips]  # the caller drops the decoded frames now
@@ -140,7 +140,7 @@ def _finish(batch: _Batch, router: ActorRouter, writer: Any, job: ShardJob, stat
 
 def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router: ActorRouter) -> None:
     """Feed one shard's clips through the actors into `writer`, in clip order."""
-    from pipeline.stages import iter_shard
+    from pipeline.readers.stages import iter_shard
 
     groups: dict[tuple[int, ...], list[Clip]] = {}
     pending: deque[_Batch] = deque()
@@ -167,7 +167,7 @@ def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router
 
 def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_nodes: list[str | None]) -> Any:
     """Process one shard from scratch and commit it; returns the manifest record."""
-    from pipeline.output import ShardWriter
+    from pipeline.writers.commit import ShardWriter
 
     stats = ShardStats()
     writer = ShardWriter(

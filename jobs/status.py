@@ -38,7 +38,7 @@ def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _read_summary(output_uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
-    from pipeline import storage
+    from pipeline.writers import storage
     from schemas.manifest import SUMMARY_FILE
 
     fs, root = storage.get_fs(output_uri, storage_options)
@@ -58,7 +58,8 @@ def _rates(shards: int, clips: int, since: float, until: float) -> tuple[float |
 
 def output_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Status of the job writing to `output_uri` as one JSON-able dict."""
-    from pipeline.manifest import build_summary, read_job_file, read_manifest
+    from pipeline.writers.manifest import read_job_file, read_manifest
+    from pipeline.writers.summary import build_summary
 
     opts = storage_options or {}
     job = read_job_file(output_uri, opts)

@@ -1,6 +1,6 @@
 """Build small, real job outputs for the loader tests with the output side's own writer.
 
-Finished shards are written and published by the output side's own `pipeline.output.ShardWriter`
+Finished shards are written and published by the output side's own `pipeline.writers.commit.ShardWriter`
 (real schema, row grouping, manifest record); an unfinished shard is a token file published
 without a record. So the loader reads exactly what a job writes. Ids are chosen by the test, so every id value can be checked.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.output import ShardWriter
 from pipeline.records import ShardStats, clip_key
-from pipeline.token_files import ClipInfo, ParquetTokenFile, normalise
+from pipeline.writers.commit import ShardWriter
+from pipeline.writers.token_files import ClipInfo, ParquetTokenFile, normalise
 
 
 def clip_ids(shard: int, row: int, shape: tuple[int, int, int], vocab: int = 64_000) -> np.ndarray:

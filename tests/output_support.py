@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.fingerprint import job_fingerprint, token_file_metadata
-from pipeline.output import ClipInfo, ShardWriter
 from pipeline.records import DeadLetter, ShardStats, clip_key, shard_id
+from pipeline.writers.commit import ClipInfo, ShardWriter
+from pipeline.writers.fingerprint import job_fingerprint, token_file_metadata
 from schemas.jobspec import parse_job_spec
 
 TOKEN_SHAPE = (3, 4, 5)  # [t, h, w]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.clips import ClipPlan, DecodedClip, VideoDone, center_crop, cut_clips, resize_crop, scaled_size
+from pipeline.readers.clips import ClipPlan, DecodedClip, VideoDone, center_crop, cut_clips, scaled_size
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import encode_video
 
@@ -68,15 +68,6 @@ def test_scaled_size_covers_the_target_with_the_shorter_side():
     assert scaled_size(640, 272, (128, 512)) == (512, 218)  # width-bound when the target is wide
 
 
-def test_resize_crop_keeps_uint8_channels_last_and_crops_the_centre():
-    frames = np.zeros((2, 100, 300, 3), np.uint8)
-    frames[:, :, 140:160] = 255  # a white vertical band in the middle
-    out = resize_crop(frames, (50, 50))
-    assert out.shape == (2, 50, 50, 3) and out.dtype == np.uint8
-    assert out[:, :, 23:27].min() > 200 and out[:, :, :15].max() == 0
-    assert center_crop(frames, (100, 20)).min() == 255
-
-
 def test_both_decoders_agree_on_real_video(real_videos):
     data = real_videos["bikes"].read_bytes()  # 640x272 H.264, 25 fps, 250 frames
     results = {}
@@ -100,3 +91,10 @@ def test_decord_seeking_across_gaps_returns_the_same_frames_as_sequential_pyav(r
     assert [c.start_frame for c in results["decord"]] == [0, 90, 180]
     for a, b in zip(results["decord"], results["pyav"], strict=True):
         assert np.abs(a.frames.astype(int) - b.frames).mean() < 4
+
+
+def test_center_crop_takes_the_middle_window_without_copying():
+    frames = np.zeros((2, 100, 300, 3), np.uint8)
+    frames[:, :, 140:160] = 255  # a white vertical band in the middle
+    out = center_crop(frames, (100, 20))
+    assert out.shape == (2, 100, 20, 3) and out.min() == 255 and np.shares_memory(out, frames)

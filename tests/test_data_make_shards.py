@@ -6,9 +6,9 @@ import json
 import shutil
 
 from jobs.cli import main
+from pipeline.readers.sources import expand_shards
+from pipeline.readers.stages import iter_shard
 from pipeline.records import Clip, ShardStats
-from pipeline.sources import expand_shards
-from pipeline.stages import iter_shard
 from schemas.jobspec import ClipSpec
 
 

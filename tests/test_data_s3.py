@@ -8,9 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from pipeline.readers.sources import expand_shards
+from pipeline.readers.stages import iter_shard
 from pipeline.records import Clip, ShardStats
-from pipeline.sources import expand_shards
-from pipeline.stages import iter_shard
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import encode_video, write_tar
 from tests.fixtures.net import free_port

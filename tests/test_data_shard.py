@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from pipeline.isolation import CRASH_ENV
+from pipeline.readers.isolation import CRASH_ENV
+from pipeline.readers.stages import iter_shard
 from pipeline.records import Clip, DeadLetter, ShardStats, clip_key, shard_id
-from pipeline.stages import iter_shard
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import BAD_CORPUS_EXPECTED
 
@@ -99,8 +99,8 @@ def test_the_crash_hook_is_off_without_its_environment_variable(bad_corpus_shard
 
 
 def test_a_hung_decoder_is_killed_after_the_timeout_and_replaced(monkeypatch):
-    from pipeline.decode import VideoError
-    from pipeline.isolation import HANG_ENV, DecodeWorker
+    from pipeline.readers.decode import VideoError
+    from pipeline.readers.isolation import HANG_ENV, DecodeWorker
     from tests.fixtures.media import encode_video
 
     monkeypatch.setenv(HANG_ENV, "stuck")

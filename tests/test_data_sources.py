@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from pipeline.sources import expand_braces, expand_shards, open_url
+from pipeline.readers.sources import expand_braces, expand_shards, open_url
 from schemas.config import SpecError
 
 
@@ -72,8 +72,8 @@ def test_http_shards_stream_through_fsspec(tmp_path, sample_shards):
     import http.server
     import threading
 
+    from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
-    from pipeline.stages import iter_shard
     from schemas.jobspec import ClipSpec
 
     class Quiet(http.server.SimpleHTTPRequestHandler):

@@ -7,9 +7,9 @@ import tarfile
 
 import pytest
 
+from pipeline.readers.stages import iter_shard
+from pipeline.readers.tar_stream import CorruptShard, iter_samples, video_member
 from pipeline.records import Clip, DeadLetter, ShardStats
-from pipeline.stages import iter_shard
-from pipeline.tar_stream import CorruptShard, iter_samples, video_member
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import encode_video, write_tar
 

@@ -10,7 +10,7 @@ import torch
 
 import tokenizer_core
 from jobs.cli import main
-from pipeline.evaluate import evaluate, iter_eval_clips
+from pipeline.tokenizer_tools.evaluate import evaluate, iter_eval_clips
 from tokenizer_core import metrics
 
 SHARD = "shards-000001.tar"

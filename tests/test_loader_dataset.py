@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.token_files as token_files
+import pipeline.writers.token_files as token_files
 from pipeline.loader import IncompatibleStateError, TokenDataset, TokenLoader, shard_ids
 from tests.loader_support import clip_ids, write_output
 
@@ -211,9 +211,9 @@ def test_reading_is_streamed_one_row_group_at_a_time(output, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_continuous_latents_come_back_bit_exact(tmp_path, dtype, fmt):
     """Latents [c,t,h,w] written by ShardWriter are returned with their shape, dtype and bits."""
-    from pipeline.output import ShardWriter
     from pipeline.records import ShardStats
-    from pipeline.token_files import ClipInfo
+    from pipeline.writers.commit import ShardWriter
+    from pipeline.writers.token_files import ClipInfo
 
     latents = {}
     writer = ShardWriter(str(tmp_path), "lat-00000000", "file:///src/lat.tar", fmt=fmt)
@@ -233,9 +233,9 @@ def test_continuous_latents_come_back_bit_exact(tmp_path, dtype, fmt):
 
 def test_tokenizer_config_comes_from_the_token_files(tmp_path):
     """The tokenizer config a job stores in its Parquet metadata is available (vocab size, FSQ levels)."""
-    from pipeline.output import ShardWriter
     from pipeline.records import ShardStats
-    from pipeline.token_files import ClipInfo
+    from pipeline.writers.commit import ShardWriter
+    from pipeline.writers.token_files import ClipInfo
     from schemas.tokens import META_TOKENIZER_CONFIG
 
     config = {"name": "DV4x8x8-tiny", "levels": [8, 8, 8, 5, 5, 5], "vocab_size": 64_000}

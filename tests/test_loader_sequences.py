@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.loader import TokenDataset, TokenLoader
-from pipeline.sequences import (
+from pipeline.loader.sequences import (
     PackCollator,
     SequenceSpec,
     clip_sequence,

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.output import ClipInfo, ShardWriter
 from pipeline.records import Clip, ShardStats, clip_key, shard_id
+from pipeline.writers.commit import ClipInfo, ShardWriter
 from schemas.tokens import MAX_VOCAB_SIZE, META_FINGERPRINT, META_SCHEMA_VERSION, check_vocab_size
 from tests.output_support import TOKEN_SHAPE, clip_ids, fingerprint_for, make_spec, write_shard
 
@@ -139,7 +139,7 @@ def test_empty_shard_still_gets_token_and_error_files(tmp_path):
 
 def test_empty_shard_of_a_continuous_job_has_the_continuous_schema(tmp_path):
     """The tokenizer config in the file metadata fixes the schema even when no clip arrives."""
-    from pipeline.fingerprint import token_file_metadata
+    from pipeline.writers.fingerprint import token_file_metadata
 
     meta = token_file_metadata({"digest": "d"}, {"discrete": False, "vocab_size": None}, "w")
     record = ShardWriter(str(tmp_path / "out"), "s-5", URL, file_metadata=meta).commit(ShardStats())
@@ -149,7 +149,7 @@ def test_empty_shard_of_a_continuous_job_has_the_continuous_schema(tmp_path):
 
 def test_job_with_a_too_large_vocabulary_is_refused_at_fingerprint_time(tmp_path):
     """A 2**17-id tokenizer is a SpecError on tokenizer.name before anything is written."""
-    from pipeline.fingerprint import job_fingerprint
+    from pipeline.writers.fingerprint import job_fingerprint
     from schemas.config import SpecError
 
     spec = make_spec(str(tmp_path / "out"))

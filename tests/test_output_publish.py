@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.manifest import plan_shards, prepare_output, read_manifest
-from pipeline.output import ShardWriter
 from pipeline.records import ShardStats, shard_id
+from pipeline.writers import storage
+from pipeline.writers.commit import ShardWriter
+from pipeline.writers.manifest import plan_shards, prepare_output, read_manifest
 from tests.output_support import clip_ids, clip_info, fingerprint_for, make_spec, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ URL = "/data/in-000001.tar"
 
 _SLOW_WRITER = textwrap.dedent("""
     import json, sys, time
-    from pipeline.output import ShardWriter
+    from pipeline.writers.commit import ShardWriter
     from pipeline.records import ShardStats, shard_id
     from tests.output_support import clip_ids, clip_info
     out, url, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

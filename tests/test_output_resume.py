@@ -9,8 +9,14 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.manifest import compact_manifest, plan_shards, prepare_output, read_job_file, read_manifest
 from pipeline.records import shard_id
+from pipeline.writers.manifest import (
+    compact_manifest,
+    plan_shards,
+    prepare_output,
+    read_job_file,
+    read_manifest,
+)
 from schemas.config import SpecError
 from tests.output_support import fingerprint_for, make_spec, write_shard
 

@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.manifest import build_summary, prepare_output, read_manifest, write_summary
 from pipeline.records import shard_id
+from pipeline.writers.manifest import prepare_output, read_manifest
+from pipeline.writers.summary import build_summary, write_summary
 from schemas.summary import SUMMARY_KEYS
 from tests.output_support import fingerprint_for, make_spec, write_shard
 

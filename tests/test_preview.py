@@ -10,12 +10,12 @@ from PIL import Image
 
 import tokenizer_core
 from jobs.cli import main
-from pipeline.fingerprint import job_fingerprint, token_file_metadata
-from pipeline.manifest import prepare_output
-from pipeline.output import ShardWriter
-from pipeline.preview import LABEL_HEIGHT, safe_name
+from pipeline.readers.stages import iter_shard
 from pipeline.records import Clip, ShardStats, shard_id
-from pipeline.stages import iter_shard
+from pipeline.tokenizer_tools.preview import LABEL_HEIGHT, safe_name
+from pipeline.writers.commit import ShardWriter
+from pipeline.writers.fingerprint import job_fingerprint, token_file_metadata
+from pipeline.writers.manifest import prepare_output
 from schemas.jobspec import parse_job_spec
 
 SHARD = "shards-000001.tar"

@@ -13,7 +13,7 @@ import yaml
 
 import tokenizer_core
 from jobs.cli import main
-from pipeline.train_tokenizer import run_training
+from pipeline.tokenizer_tools.train_tokenizer import run_training
 from schemas.config import SpecError
 from schemas.training import load_train_config
 

@@ -72,9 +72,3 @@ class FSQuantizer(nn.Module):
         digits = self._ids_to_digits(ids, self._levels, self._basis)
         half = (self._levels // 2).float()
         return ((digits.float() - half) / half).movedim(-1, 1)
-
-    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, D, ...] on the FSQ grid -> ids [B, ...] int64 (digits rounded, then integer sums)."""
-        half = (self._levels // 2).float()
-        digits = (codes.float().movedim(1, -1) * half + half).round().to(torch.int64)
-        return (digits * self._basis.long()).sum(dim=-1)

@@ -23,8 +23,6 @@ LIST_SUFFIXES = (".txt", ".lst", ".urls")
 # read-ahead block for remote files: large enough to amortise requests, small enough that many
 # concurrent shard readers stay bounded in memory
 REMOTE_BLOCK_SIZE = 8 * 1024 * 1024
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -34,22 +32,11 @@ class ShardReadError(OSError):
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """`a{01..03}b` -> [a01b, a02b, a03b]; `{x,y}` -> alternatives; nested groups expand in turn."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
-    rng = _RANGE.match(body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.lstrip("-").startswith("0") and len(lo) > 1 else 0
-        step = 1 if int(hi) >= int(lo) else -1
-        choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
-    elif "," in body:
-        choices = body.split(",")
-    else:  # a literal '{x}' (no range, no alternatives) is kept as written
-        return [head + "{" + body + "}" + u for u in expand_braces(tail)]
-    return [u for c in choices for u in expand_braces(head + c + tail)]
+    """`a{01..03}b` -> [a01b, a02b, a03b]; `{x,y}` -> alternatives; a literal `{x}` stays as written.
+    braceexpand is what webdataset itself uses, so a pattern means the same here as there."""
+    from braceexpand import braceexpand
+
+    return list(braceexpand(pattern, escape=False))
 
 
 def _protocol(url: str) -> str:

@@ -1,7 +1,7 @@
 """Token file writers: one local file per shard, Parquet or WebDataset tar, same information.
 
 Both take rows one clip at a time (`ClipInfo` + encoded array) and write them incrementally, so
-memory holds at most one Parquet row group. Neither knows about publication: `pipeline.output`
+memory holds at most one Parquet row group. Neither knows about publication: `pipeline.writers.commit`
 moves the finished file into place.
 
     ids     uint16  [t, h, w]       discrete tokenizers

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline import storage
+from pipeline.writers import storage
 from schemas.errors import ERRORS_SCHEMA_VERSION
 from schemas.manifest import MANIFEST_VERSION, SUMMARY_FILE, ManifestRecord
 from schemas.summary import SUMMARY_VERSION
@@ -98,13 +98,7 @@ def build_summary(records: Mapping[str, ManifestRecord] | Iterable[ManifestRecor
     }
 
 
-def write_summary(output_uri: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None,
-                  compact: bool = True, records: Mapping[str, ManifestRecord] | None = None) -> None:
-    """Write summary.json whole; with `compact`, also refresh the manifest index for fast reads
-    (pass the `records` the summary was built from so they are not fetched again)."""
+def write_summary(output_uri: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
+    """Write summary.json whole (one PUT, so a reader never sees half of it)."""
     fs, root = storage.get_fs(output_uri, storage_options)
     storage.put_bytes(fs, storage.join(root, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True).encode())
-    if compact:
-        from pipeline.manifest import compact_manifest
-
-        compact_manifest(output_uri, storage_options, dict(records) if records else None)

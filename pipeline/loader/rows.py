@@ -2,7 +2,7 @@
 
 A Parquet row group is read as an Arrow table and cut into light per-row records (ids as a flat uint16
 numpy copy, so a row held in a shuffle buffer does not pin its whole row group in memory).
-A WebDataset token tar (`<name>.npy` + `<name>.json` per clip, see `pipeline.token_files`) is
+A WebDataset token tar (`<name>.npy` + `<name>.json` per clip, see `pipeline.writers.token_files`) is
 streamed into the same records. `to_item` turns a record into the dict a training loop sees:
 
     key, source_url, sample_key, clip_index, start_frame, num_frames, fps, height, width,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decode import VideoError, VideoInfo, frame_reader, probe
+from pipeline.readers.decode import VideoError, VideoInfo, frame_reader, probe
 from schemas.jobspec import ClipSpec
 
 _EPS = 1e-6  # guards floor() against float error on exact multiples (30000/1001 fps and such)
@@ -94,22 +94,6 @@ def center_crop(frames: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     h, w = frames.shape[-3], frames.shape[-2]
     top, left = (h - out_h) // 2, (w - out_w) // 2
     return frames[..., top : top + out_h, left : left + out_w, :]
-
-
-def resize_crop(frames: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """frames: uint8 [T, h, w, 3] -> uint8 [T, H, W, 3]: antialiased bilinear resize of the
-    shorter side, then centre crop. For frames that did not come through a decoder's scaler."""
-    import torch
-    import torch.nn.functional as F
-
-    t, h, w, _ = frames.shape
-    new_w, new_h = scaled_size(w, h, out_hw)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # x: [T, 3, h, w] channels-last
-    if (new_h, new_w) != (h, w):
-        # uint8 channels-last has a fast antialiased kernel; a float detour is ~50x slower
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    out = x.permute(0, 2, 3, 1).numpy()  # out: [T, new_h, new_w, 3]
-    return np.ascontiguousarray(center_crop(out, out_hw))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 decord and FFmpeg are C/C++; a bad file can segfault them, and in a job the process doing the
 decoding is a Ray worker that also talks to the tokenizer actors. `DecodeWorker` keeps one
-child process (`python -m pipeline.isolation`, a fresh interpreter: no fork of a threaded Ray
+child process (`python -m pipeline.readers.isolation`, a fresh interpreter: no fork of a threaded Ray
 worker) for a whole shard and sends it one video at a time; clips stream back over a pipe as
 they are cut. A child that dies (signal, abort, OOM kill) or stops answering becomes a
 VideoError("decode", "DecoderCrashed" | "DecoderTimeout") for that sample only, and the next
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clips import DecodedClip, VideoDone, cut_clips
-from pipeline.decode import VideoError
+from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.readers.decode import VideoError
 from schemas.jobspec import ClipSpec
 
 CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
@@ -67,7 +67,7 @@ class DecodeWorker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.isolation", str(child_sock.fileno())],
+            [sys.executable, "-m", "pipeline.readers.isolation", str(child_sock.fileno())],
             pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
         )
         child_sock.close()

@@ -12,7 +12,7 @@ Only shards with a manifest record are read (a shard is either complete or invis
 Parquet row group at a time (WebDataset token tars: streamed clip by clip), so memory is bounded
 by the shuffle buffer plus one row group.
 Each epoch's order is a pure function of (dataset, seed, epoch, world size, workers); see
-`pipeline.loader_plan` for how rows are split (no row read twice, none skipped, ranks differ by
+`pipeline.loader.plan` for how rows are split (no row read twice, none skipped, ranks differ by
 at most one row). State is versioned and a restore that would change the sequence (another
 dataset, world size, rank, seed, shuffle settings or worker count) is refused with the reason.
 
@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.loader_plan import (
+from pipeline.loader.plan import (
     PositionShuffler,
     Segment,
     Unit,
@@ -51,9 +51,9 @@ from pipeline.loader_plan import (
     unit_order,
     worker_progress,
 )
-from pipeline.loader_rows import rows_from_table, rows_from_tar, to_item
-from pipeline.manifest import read_manifest
-from pipeline.storage import get_fs
+from pipeline.loader.rows import rows_from_table, rows_from_tar, to_item
+from pipeline.writers.manifest import read_manifest
+from pipeline.writers.storage import get_fs
 from schemas.tokens import META_TOKENIZER_CONFIG
 
 STATE_FORMAT = "tokenmill.loader.state"
@@ -124,7 +124,7 @@ def fingerprint(files: list[TokenFile]) -> str:
 
 
 class TokenDataset(IterableDataset):
-    """Items of a tokenmill output (dicts; see `pipeline.loader_rows`), split over ranks and workers.
+    """Items of a tokenmill output (dicts; see `pipeline.loader.rows`), split over ranks and workers.
 
     `shards` restricts the dataset to those shard ids (e.g. a held-out split); `shard_ids(uri)`
     lists the finished ones.

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.tar_stream import VIDEO_EXTENSIONS
+from pipeline.readers.tar_stream import VIDEO_EXTENSIONS
 from schemas.config import SpecError
 
 log = logging.getLogger(__name__)

@@ -68,9 +68,9 @@ class ClipBank:
 
 def load_clip_bank(data: TrainDataSpec) -> ClipBank:
     """Read every clip of the training shards through the data plane into memory."""
+    from pipeline.readers.sources import expand_shards
+    from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
-    from pipeline.sources import expand_shards
-    from pipeline.stages import iter_shard
     from schemas.jobspec import ClipSpec
 
     spec = ClipSpec(num_frames=data.num_frames, fps=data.fps, stride=data.stride,

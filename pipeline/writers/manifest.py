@@ -1,10 +1,9 @@
-"""The output location's bookkeeping: job.json, manifest records, resume planning, summary.
+"""The output location's bookkeeping: job.json, manifest records, resume planning.
 
     prepare_output(spec, fingerprint, shards_total)   create/validate job.json, clean temporaries
     read_manifest(uri)        -> {shard_id: ManifestRecord}   one listing + index + new records
     plan_shards(urls, uri)    -> (todo urls, {shard_id: verified record})
     compact_manifest(uri)     write `_manifest/_index.jsonl.gz` so the next read is one GET
-    build_summary(...) / write_summary(uri, summary)
 
 The listing of `_manifest/` is the truth: a record counts only if its object is listed. The
 index is a cache of record contents keyed by (name, size:stamp), so reading 100k records costs one
@@ -24,16 +23,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline import storage
-from pipeline.fingerprint import (
+from pipeline.records import shard_id as make_shard_id
+from pipeline.writers import storage
+from pipeline.writers.fingerprint import (
     DIGEST,
     describe_differences,
     fingerprint_differences,
     job_fingerprint,
     token_file_metadata,
 )
-from pipeline.records import shard_id as make_shard_id
-from pipeline.summary import build_summary, write_summary
 from schemas.config import SpecError
 from schemas.jobspec import JobSpec
 from schemas.manifest import (
@@ -51,7 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "prepare_output", "read_job_file", "read_manifest", "plan_shards", "compact_manifest",
-    "job_fingerprint", "token_file_metadata", "build_summary", "write_summary",
+    "job_fingerprint", "token_file_metadata",
 ]
 
 _RECORD_SUFFIX = ".json"

@@ -1,6 +1,6 @@
 """Who reads which rows, in which order: the deterministic plan behind `TokenDataset`.
 
-Vocabulary used here and in `pipeline.loader`:
+Vocabulary used here and in `pipeline.loader.dataset`:
 
     unit      one Parquet row group of one token file (the smallest thing read at once)
     consumer  one reader of the data: a rank, or one DataLoader worker of a rank

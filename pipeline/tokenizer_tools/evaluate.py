@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 def iter_eval_clips(shards: str | list[str], num_frames: int, resolution: tuple[int, int],
                     storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
     """Clips (pipeline.records.Clip) of every shard, through the job's data plane."""
+    from pipeline.readers.sources import expand_shards
+    from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
-    from pipeline.sources import expand_shards
-    from pipeline.stages import iter_shard
     from schemas.jobspec import ClipSpec
 
     spec = ClipSpec(num_frames=num_frames, resolution=resolution)

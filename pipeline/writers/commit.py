@@ -27,9 +27,9 @@ import tempfile
 import time
 from typing import Any
 
-from pipeline import storage
 from pipeline.records import DeadLetter, ShardStats
-from pipeline.token_files import ClipInfo, ParquetTokenFile, TarTokenFile, normalise, write_error_file
+from pipeline.writers import storage
+from pipeline.writers.token_files import ClipInfo, ParquetTokenFile, TarTokenFile, normalise, write_error_file
 from schemas.manifest import ERRORS_DIR, MANIFEST_DIR, TMP_DIR, TOKENS_DIR, ManifestRecord, OutputFile
 from schemas.tokens import META_FINGERPRINT, META_SHARD_ID, META_SOURCE_URL, META_TOKENIZER_CONFIG, Kind
 
@@ -59,7 +59,7 @@ class ShardWriter:
     `kind` ("discrete" | "continuous"), when not given, comes from the tokenizer config in
     `file_metadata` (its "discrete" flag), else from the first `add`; it fixes the schema of
     an empty shard's file, so every file of a job has the same columns. `file_metadata` should come from
-    `pipeline.manifest.token_file_metadata` (tokenizer config, weights hash, fingerprint).
+    `pipeline.writers.manifest.token_file_metadata` (tokenizer config, weights hash, fingerprint).
     """
 
     def __init__(self, output_uri: str, shard_id: str, source_url: str, fmt: str = "parquet",

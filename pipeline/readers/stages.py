@@ -26,12 +26,12 @@ import zlib
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
-from pipeline.clips import DecodedClip, VideoDone, cut_clips
-from pipeline.decode import VideoError
-from pipeline.isolation import DecodeWorker
+from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.readers.decode import VideoError
+from pipeline.readers.isolation import DecodeWorker
+from pipeline.readers.sources import ShardReadError, open_url
+from pipeline.readers.tar_stream import CorruptShard, iter_samples, video_member
 from pipeline.records import Clip, DeadLetter, Sample, ShardStats, clip_key, shard_id
-from pipeline.sources import ShardReadError, open_url
-from pipeline.tar_stream import CorruptShard, iter_samples, video_member
 from schemas.jobspec import ClipSpec
 
 log = logging.getLogger(__name__)

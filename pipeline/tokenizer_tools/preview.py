@@ -35,13 +35,13 @@ def safe_name(key: str) -> str:
 
 
 def read_token_row(output: str, key: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The training item (pipeline.loader_rows.to_item) of clip `key` in a job output."""
+    """The training item (pipeline.loader.rows.to_item) of clip `key` in a job output."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline import storage
-    from pipeline.loader_rows import rows_from_table, to_item
-    from pipeline.manifest import read_manifest
+    from pipeline.loader.rows import rows_from_table, to_item
+    from pipeline.writers import storage
+    from pipeline.writers.manifest import read_manifest
 
     records = read_manifest(output, storage_options)
     shard = key.split(".", 1)[0]
@@ -63,8 +63,8 @@ def read_token_row(output: str, key: str, storage_options: dict[str, Any] | None
 
 def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[str, Any] | None) -> np.ndarray:
     """Re-decode the clip's frames (uint8 [T, H, W, 3]) from its source shard."""
+    from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
-    from pipeline.stages import iter_shard
 
     for item in iter_shard(row["source_url"], clip_spec, storage_options, ShardStats(), isolate=False):
         if isinstance(item, Clip) and item.key == row["key"]:
@@ -75,7 +75,7 @@ def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[s
 def job_tokenizer(output: str, storage_options: dict[str, Any] | None) -> tuple[Any, Any]:
     """(tokenizer, ClipSpec) of the job that wrote `output`, from its job.json."""
     import tokenizer_core
-    from pipeline.manifest import read_job_file
+    from pipeline.writers.manifest import read_job_file
     from schemas.config import from_dict
     from schemas.jobspec import ClipSpec, TokenizerSpec
 
