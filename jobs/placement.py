@@ -50,8 +50,29 @@ def connect(address: str | None) -> bool:
         return False
     # an embedded Ray must not silently join some other cluster through RAY_ADDRESS: the CLI
     # already turned RAY_ADDRESS into `address` when the user meant it
+    _embedded_auth_token()
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=True)
     return True
+
+
+def _embedded_auth_token() -> None:
+    """Keep token authentication on for the embedded cluster, with a token that lives in this
+    process's environment only (inherited by its Ray processes, gone when the run ends).
+
+    Ray 2.60 turns token auth on for a new local cluster and, unless told otherwise, writes a
+    token to ~/.ray/auth_token and prints a warning about it. The embedded cluster serves this
+    one run, so a per-run token keeps it closed to other local users without writing into the
+    home folder. A user who set RAY_AUTH_MODE or RAY_AUTH_TOKEN keeps their setting."""
+    import secrets
+
+    if "RAY_AUTH_MODE" in os.environ or "RAY_AUTH_TOKEN" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray reads its settings once, at import: refresh them, as Ray's own token set-up does
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 def plan_placement(spec: JobSpec) -> Placement:

@@ -130,6 +130,7 @@ def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]]
                extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
     """summary.json from the manifest (the truth), not from driver memory."""
     from pipeline.records import shard_id
+    from pipeline.writers.dataset_card import write_card
     from pipeline.writers.manifest import compact_manifest, read_manifest
     from pipeline.writers.summary import build_summary, write_summary
 
@@ -141,6 +142,7 @@ def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]]
     summary.update(extra)
     write_summary(spec.output.uri, summary, storage_options=spec.output.storage_options)
     compact_manifest(spec.output.uri, spec.output.storage_options, records)
+    write_card(spec.output.uri, spec.output.storage_options, spec.name, spec.output.format, summary)
     return summary
 
 

@@ -17,26 +17,6 @@ from typing import Any
 from schemas.config import SpecError
 
 
-def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
-    """`K=V` flags -> fsspec options. Values are JSON where they parse (numbers, true), else text;
-    dotted keys nest (`client_kwargs.region_name=eu-west-1`)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SpecError("--storage-option", f"expected KEY=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = options
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return options
-
-
 def _read_summary(output_uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     from pipeline.writers import storage
     from schemas.manifest import SUMMARY_FILE
@@ -120,6 +100,8 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cli_status(args: argparse.Namespace) -> int:
+    from pipeline.writers.storage import parse_storage_options
+
     status = output_status(args.output, parse_storage_options(args.storage_options))
     if args.json:
         print(json.dumps(status, sort_keys=True))

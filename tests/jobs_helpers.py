@@ -35,9 +35,9 @@ def run_args(output: Path, *sets: str, spec: Path = DEMO, address: str | None = 
 
 
 def run_cli(output: Path, *sets: str, spec: Path = DEMO, address: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(run_args(output, *sets, spec=spec, address=address), cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+            timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(run_args(output, *sets, spec=spec, address=address), cwd=REPO,
+                          env=cli_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
 
 
 def read_summary(output: Path) -> dict[str, Any]:

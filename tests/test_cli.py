@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "submit", "status", "make-shards", "preview", "eval", "train-tokenizer"]
+COMMANDS = ["run", "submit", "status", "ls", "make-shards", "preview", "eval", "train-tokenizer"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -18,6 +18,9 @@ def test_help_works(command):
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: tokenmill" in proc.stdout
+    if command:  # every subcommand says what it does, beyond its one-line summary
+        description = proc.stdout.split("\n\n")[1]
+        assert len(description.split()) >= 12, description
 
 
 def test_help_imports_no_heavy_modules():

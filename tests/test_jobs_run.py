@@ -26,7 +26,9 @@ def _demo_tokenizer_config():
 def finished(tmp_path_factory):
     """One small run of examples/demo.yaml into a fresh output (shared by the tests below)."""
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = run_cli(out, *SMALL)
+    home = tmp_path_factory.mktemp("home")  # the embedded Ray must write nothing into it
+    proc = run_cli(out, *SMALL, env={"HOME": str(home)})
+    assert not list(home.rglob("*auth_token*")), "the embedded run wrote a Ray token into the home folder"
     return out, proc
 
 
@@ -36,11 +38,13 @@ def test_demo_writes_tokens_for_every_shard(finished):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"tokens: {out}/tokens/" in proc.stdout
     assert "clips_written=" in proc.stdout
+    assert "Token authentication" not in proc.stderr  # the embedded cluster's auth is ours, not a warning
     summary = read_summary(out)
     assert summary["shards_total"] == 4 and summary["shards_done"] == 4 and summary["shards_failed"] == 0
     assert summary["clips_written"] > 0
     assert summary["samples_total"] == summary["samples_ok"] + summary["samples_failed"] == 8
     assert len(manifest_ids(out)) == 4
+    assert (out / "_manifest" / "_index.jsonl.gz").exists()  # compacted at the end of the run
     assert summary["actors"] and 0.0 < summary["actors"][0]["busy_fraction"] <= 1.0
 
 
@@ -115,3 +119,17 @@ def test_tokenizer_that_cannot_start_exits_1_with_a_summary(tmp_path):
     summary = read_summary(out)
     assert summary["status"] == "failed" and "CUDA" in summary["error"]
     assert summary["shards_done"] == 0 and not list((out / "tokens").glob("*.parquet"))
+
+
+def test_output_folder_loads_as_a_dataset(finished, tmp_path, monkeypatch):
+    """`datasets.load_dataset(OUTPUT)` yields exactly the token rows: the generated card points
+    it at tokens/ (the errors/ table and the bookkeeping files are not data rows)."""
+    datasets = pytest.importorskip("datasets")
+    out, _ = finished
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    card = (out / "README.md").read_text()
+    assert "path: tokens/*.parquet" in card and f"| clips | {read_summary(out)['clips_written']} |" in card
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows == read_summary(out)["clips_written"]
+    assert sorted(ds["key"]) == sorted(read_tokens(out))

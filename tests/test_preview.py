@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import av
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 
 import tokenizer_core
 from jobs.cli import main
+from pipeline.loader.listing import resolve_key
 from pipeline.readers.stages import iter_shard
 from pipeline.records import Clip, ShardStats, shard_id
 from pipeline.tokenizer_tools.preview import LABEL_HEIGHT, safe_name
@@ -78,3 +81,27 @@ def test_unknown_key_is_a_usage_error(job_output, tmp_path, capsys):
 def test_keys_become_safe_file_names():
     assert safe_name("shard-1a2b.videos/clip 01.0003") == "shard-1a2b.videos_clip_01.0003"
     assert "/" not in safe_name("../../etc/passwd")
+
+
+def test_ls_lists_every_clip_with_its_token_shape(job_output, capsys):
+    out, keys = job_output
+    assert main(["ls", out, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["key"] for r in rows] == keys
+    assert all(r["token_shape"] == [3, 8, 8] and r["source_url"].endswith(SHARD) for r in rows)
+
+
+def test_preview_takes_a_sample_key_or_a_key_prefix(job_output):
+    out, keys = job_output
+    sample_prefix = keys[1].rsplit(".", 1)[0]  # <shard-id>.<sample-key>: its first clip
+    assert resolve_key(out, sample_prefix) == keys[1]
+    assert resolve_key(out, keys[1]) == keys[1]
+
+
+def test_problems_that_are_not_spec_errors_say_error(job_output, tmp_path, capsys):
+    out, _ = job_output
+    assert main(["preview", out, "--key", "no-such-clip", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tokenmill preview: error: --key" in err and "invalid spec" not in err and "tokenmill ls" in err
+    assert main(["status", str(tmp_path / "nothing")]) == 2
+    assert "tokenmill status: error: OUTPUT" in capsys.readouterr().err

@@ -153,8 +153,12 @@ def write_mp4(frames: np.ndarray, fps: float, path: str) -> None:
 
 def preview(output: str, key: str, out_dir: str, count: int = 6,
             storage_options: dict[str, Any] | None = None) -> tuple[str, str, float]:
-    """Write the PNG and MP4 for clip `key`; returns (png path, mp4 path, clip PSNR)."""
+    """Write the PNG and MP4 for clip `key` (a clip key, a prefix of one, or a sample key: see
+    pipeline.loader.listing.resolve_key); returns (png path, mp4 path, clip PSNR)."""
+    from pipeline.loader.listing import resolve_key
+
     tok, clip_spec = job_tokenizer(output, storage_options)
+    key = resolve_key(output, key, storage_options)
     row = read_token_row(output, key, storage_options)
     recon = reconstruct(tok, row)
     original = original_frames(row, clip_spec, storage_options)
@@ -170,20 +174,12 @@ def preview(output: str, key: str, out_dir: str, count: int = 6,
     return png, mp4, clip_psnr
 
 
-def _storage_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SpecError("--storage-option", f"expected KEY=VALUE, got {pair!r}")
-        k, v = pair.split("=", 1)
-        options[k] = v
-    return options
-
-
 def cli_preview(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise SpecError("--frames", "must be >= 1")
-    options = _storage_options(getattr(args, "storage_options", []) or [])
+    from pipeline.writers.storage import parse_storage_options
+
+    options = parse_storage_options(getattr(args, "storage_options", []) or [])
     png, mp4, clip_psnr = preview(args.output, args.key, args.out, args.frames, options or None)
     print(f"{png}\n{mp4}\nclip PSNR {clip_psnr:.2f} dB")
     return 0

@@ -12,6 +12,7 @@ Listings bypass fsspec's listing cache: other processes write here concurrently.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from schemas.config import SpecError
 
 _CHUNK = 8 << 20
 
@@ -216,3 +219,23 @@ def remove_tree(fs: Any, path: str) -> int:
 def remove_files(fs: Any, paths: list[str]) -> None:
     if paths:
         fs.rm(paths)
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """`K=V` flags -> fsspec options. Values are JSON where they parse (numbers, true), else text;
+    dotted keys nest (`client_kwargs.region_name=eu-west-1`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SpecError("--storage-option", f"expected KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return options
