@@ -70,7 +70,7 @@ def _embedded_auth_token() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     # Ray reads its settings once, at import: refresh them, as Ray's own token set-up does
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]
 
     Config.initialize("")
 
