@@ -26,6 +26,7 @@ HANDLERS = {
     "preview": "pipeline.tokenizer_tools.preview:cli_preview",
     "eval": "pipeline.tokenizer_tools.evaluate:cli_eval",
     "train-tokenizer": "pipeline.tokenizer_tools.train_tokenizer:cli_train",
+    "spec-schema": "jobs.cli:cli_spec_schema",
 }
 
 
@@ -93,6 +94,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _add_spec_schema(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("spec-schema", help="print the JSON Schema of the job spec (for editors)",
+                       description="Print the JSON Schema of the job spec, e.g. `tokenmill spec-schema > "
+                                   "tokenmill-job.schema.json`; editors then complete and check job YAML.")
+    p.add_argument("--training", action="store_true", help="the training config's schema instead")
+
+
+def cli_spec_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from schemas.config import json_schema
+    from schemas.jobspec import JobSpec
+    from schemas.training import TrainConfig
+
+    schema = json_schema(TrainConfig, "tokenmill training config") if args.training else json_schema(
+        JobSpec, "tokenmill job spec")
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenmill",
@@ -101,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_run, _add_submit, _add_status, _add_make_shards, _add_preview, _add_eval, _add_train):
+    for add in (_add_run, _add_submit, _add_status, _add_make_shards, _add_preview, _add_eval, _add_train,
+                _add_spec_schema):
         add(sub)
     return parser
 
