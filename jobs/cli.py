@@ -27,6 +27,7 @@ HANDLERS = {
     "eval": "pipeline.tokenizer_tools.evaluate:cli_eval",
     "train-tokenizer": "pipeline.tokenizer_tools.train_tokenizer:cli_train",
     "ls": "pipeline.loader.listing:cli_ls",
+    "spec-schema": "jobs.cli:cli_spec_schema",
 }
 # commands that read a spec or config file: their SpecErrors are "invalid spec"; every other
 # command's are plain usage errors ("error: ...", e.g. an OUTPUT without job.json)
@@ -147,6 +148,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_set(p, "optim.steps=100")
 
 
+def _add_spec_schema(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "spec-schema", "print the JSON Schema of the job spec (for editors)",
+                "Print the JSON Schema of the job spec, e.g. `tokenmill spec-schema > "
+                "tokenmill-job.schema.json`; editors then complete and check job YAML (README, 'Using it').")
+    p.add_argument("--training", action="store_true", help="the training config's schema instead")
+
+
+def cli_spec_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from schemas.config import json_schema
+    from schemas.jobspec import JobSpec
+    from schemas.training import TrainConfig
+
+    schema = json_schema(TrainConfig, "tokenmill training config") if args.training else json_schema(
+        JobSpec, "tokenmill job spec")
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenmill",
@@ -156,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_run, _add_submit, _add_status, _add_ls, _add_make_shards, _add_preview, _add_eval,
-                _add_train):
+                _add_train, _add_spec_schema):
         add(sub)
     return parser
 

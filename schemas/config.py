@@ -1,20 +1,28 @@
-"""Typed config loading: plain dataclasses in, field-named errors out.
+"""Typed config loading: pydantic models in, field-named errors out.
 
-Every config format in tokenmill (job spec, training config) is a tree of dataclasses.
-`from_dict` builds one from parsed YAML/JSON, rejecting unknown keys and wrong types with
-a `SpecError` that names the dotted field path, and `set_dotted` applies `--set a.b=c`
-overrides before validation.
+Every config format in tokenmill (job spec, training config) is a tree of `Config` models.
+`from_dict` validates parsed YAML/JSON as the JSON it is, in strict mode: lists fill tuple
+fields and integers fill float fields, nothing else is coerced (a bool is not an int, a
+string is not a number). So the JSON Schema `json_schema` prints describes exactly the check
+the loader makes. Any problem becomes one `SpecError` naming the dotted field path;
+`set_dotted` applies `--set a.b=c` overrides before validation.
+
+A model's cross-field checks live in its `validate(self, path)` method, run after its fields
+are validated. It raises `SpecError(f"{path}.name", ...)`: `path` is "" there, and the loader
+puts where the model sits in front (`clips.num_frames`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import types
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
-T = TypeVar("T")
+C = TypeVar("C", bound="Config")
 
 
 class SpecError(ValueError):
@@ -22,113 +30,113 @@ class SpecError(ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class Config(BaseModel):
+    """Base of every config model: strict types, unknown keys rejected, `validate` run last."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> Config:
+        self.validate("")
+        return self
+
+    def validate(self, path: str) -> None:  # type: ignore[override]  # shadows v1 BaseModel.validate
+        """Checks across fields, or of ranges; raise SpecError(f"{path}.field", message)."""
+
+
 def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}"
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise SpecError(path, "must not be null")
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, path)
-            except SpecError as exc:
-                errors.append(str(exc).split(": ", 1)[-1])
-        raise SpecError(path, " or ".join(dict.fromkeys(errors)))
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise SpecError(path, f"expected one of {list(allowed)}, got {_describe(value)}")
-        return value
-    if value is None:
-        raise SpecError(path, "must not be null")
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return from_dict(tp, value, path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(path, f"expected a list, got {_describe(value)}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise SpecError(path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-        item = args[0] if args else Any
-        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(path, f"expected a mapping, got {_describe(value)}")
-        return dict(value)
-    return _scalar(tp, value, path)
+def _join(path: str, field: str) -> str:
+    if not path or not field:
+        return (path or field).lstrip(".")
+    return path + field if field.startswith((".", "[")) else f"{path}.{field}"
 
 
-def _scalar(tp: Any, value: Any, path: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(path, f"expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"expected an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(path, f"expected a number, got {_describe(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SpecError(path, f"expected a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")
+def _model_fields(annotation: Any) -> dict[str, Any] | None:
+    """The fields of the Config model an annotation holds (`ExportSpec | None` too), else None."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for option in options:
+        if isinstance(option, type) and issubclass(option, Config):
+            return option.model_fields
+    return None
 
 
-def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise SpecError."""
-    if not isinstance(data, dict):
-        raise SpecError(path, f"expected a mapping, got {_describe(data)}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
-            where = f"{path}.{key}" if path else str(key)
-            raise SpecError(where, f"unknown key (allowed: {', '.join(fields)})")
-    kwargs = {}
-    for name, field in fields.items():
-        where = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], where)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise SpecError(where, "required field is missing")
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if callable(check):
-        check(path)
-    return obj
+def _walk(model: type[Config], loc: tuple[int | str, ...]) -> tuple[str, dict[str, Any] | None]:
+    """pydantic's error location -> (dotted field path, fields of the model there, if one is).
+
+    Union member tags in the location ("int", "literal['auto']") are not fields: dropped.
+    """
+    path, fields = "", _model_fields(model)
+    for part in loc:
+        if isinstance(part, int):
+            path, fields = f"{path}[{part}]", None
+        elif fields is not None and part in fields:
+            path, fields = _join(path, part), _model_fields(fields[part].annotation)
+    return path, fields
 
 
-def to_dict(obj: Any) -> Any:
-    """Dataclass tree -> plain JSON-able data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+def _field_and_message(model: type[Config], error: ErrorDetails) -> tuple[str, str]:
+    loc = tuple(error["loc"])
+    path, _ = _walk(model, loc)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, SpecError):  # raised by validate() of the model at loc
+        return _join(path, cause.field), cause.message
+    if error["type"] == "extra_forbidden":
+        where, fields = _walk(model, loc[:-1])
+        return _join(where, str(loc[-1])), f"unknown key (allowed: {', '.join(fields or ())})"
+    if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a tuple too short
+        return _walk(model, loc[:-1])[0], f"too few items, got {_describe(error['input'])}"
+    if error["type"] == "missing":
+        return path, "required field is missing"
+    message = error["msg"].removeprefix("Input ").removeprefix("Tuple ").split(" after validation")[0]
+    return path, message.replace("a valid array", "a list").replace("an object", "a mapping")
+
+
+def _spec_error(exc: ValidationError, model: type[Config], prefix: str) -> SpecError:
+    """The first failing field, with what each alternative of a union expected."""
+    errors = exc.errors()
+    found = [_field_and_message(model, e) for e in errors]
+    # a union's alternatives fail together: report the deepest (`shards[1]` over `shards`)
+    first = found[0][0]
+    deeper = [i for i, (f, _) in enumerate(found) if f.startswith((f"{first}.", f"{first}["))]
+    index = max(deeper, key=lambda i: len(found[i][0]), default=0)
+    field, message = found[index]
+    if message.startswith("should"):
+        alternatives = [m.removeprefix("should be ") for f, m in found[index + 1:] if f == field]
+        message = " or ".join(dict.fromkeys([message, *alternatives]))
+        message += f", got {_describe(errors[index]['input'])}"
+    return SpecError(_join(prefix, field), message)
+
+
+def from_dict(cls: type[C], data: Any, path: str = "") -> C:
+    """Validate parsed YAML/JSON into model `cls`; unknown keys and wrong types raise SpecError.
+
+    `path` is where `data` sits in a larger config, put in front of every field named.
+    """
+    try:
+        return cls.model_validate_json(json.dumps(data, default=str))
+    except ValidationError as exc:
+        raise _spec_error(exc, cls, path) from None
+
+
+def to_dict(obj: Config) -> dict[str, Any]:
+    """Model tree -> plain JSON-able data (tuples become lists), in field order."""
+    return obj.model_dump(mode="json")
+
+
+def json_schema(cls: type[Config], title: str) -> dict[str, Any]:
+    """The JSON Schema of a config file: editors complete and check the YAML with it."""
+    schema = cls.model_json_schema()  # of validation in JSON mode: what from_dict checks
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": title}
 
 
 def set_dotted(data: dict[str, Any], assignment: str) -> None:
@@ -164,4 +172,4 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-__all__ = ["SpecError", "from_dict", "to_dict", "set_dotted", "load_yaml"]
+__all__ = ["SpecError", "Config", "from_dict", "to_dict", "json_schema", "set_dotted", "load_yaml"]

@@ -1,27 +1,30 @@
 """The job spec (YAML): what to read, how to cut clips, which tokenizer, where to write.
 
-Versioned by `JOBSPEC_VERSION`. `load_job_spec` validates everything before any work starts;
-errors are `SpecError`s naming the dotted field. `redacted()` is the only form that may be
-written to outputs or logs: storage options are reduced to their key names.
+Versioned by `JOBSPEC_VERSION`. Each section is a strict pydantic model (`schemas.config.Config`);
+`load_job_spec` validates everything before any work starts; errors are `SpecError`s naming the
+dotted field. `redacted()` is the only form that may be written to outputs or logs: storage
+options are reduced to their key names.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from schemas.config import SpecError, from_dict, load_yaml, set_dotted, to_dict
+from pydantic import Field
+
+from schemas.config import Config, SpecError, from_dict, load_yaml, set_dotted, to_dict
 
 JOBSPEC_VERSION = 1
 
 Auto = Literal["auto"]
 
 
-@dataclass
-class InputSpec:
+class InputSpec(Config):
+    """What to read: WebDataset shards (paths, globs, brace ranges, URLs) and fsspec options."""
+
     shards: str | list[str]
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         shards = [self.shards] if isinstance(self.shards, str) else self.shards
@@ -29,8 +32,9 @@ class InputSpec:
             raise SpecError(f"{path}.shards", "must name at least one shard (path, glob, range or URL)")
 
 
-@dataclass
-class ClipSpec:
+class ClipSpec(Config):
+    """How clips are cut from each video: frames per clip, sampling rate, stride, size [H, W]."""
+
     num_frames: int = 17
     fps: float | None = None
     stride: int | None = None
@@ -51,8 +55,9 @@ class ClipSpec:
             raise SpecError(f"{path}.resolution", "must be two positive integers [H, W]")
 
 
-@dataclass
-class TokenizerSpec:
+class TokenizerSpec(Config):
+    """Which tokenizer encodes the clips: a preset or bundled name, weights, dtype, batch size."""
+
     name: str
     checkpoint: str | None = None
     init: Literal["pretrained", "random"] = "pretrained"
@@ -65,15 +70,17 @@ class TokenizerSpec:
             raise SpecError(f"{path}.batch_size", "must be >= 1")
 
 
-@dataclass
-class OutputSpec:
+class OutputSpec(Config):
+    """Where tokens are written (local path or s3://...) and in which format."""
+
     uri: str
     format: Literal["parquet", "webdataset"] = "parquet"
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class ResourceSpec:
+class ResourceSpec(Config):
+    """Ray resources: tokenizer actors, GPUs and CPUs per actor, decode workers."""
+
     num_actors: Auto | int = "auto"
     gpus_per_actor: Auto | float = "auto"
     cpus_per_actor: float = 0.5
@@ -93,8 +100,9 @@ class ResourceSpec:
             raise SpecError(f"{path}.max_batches_in_flight", "must be >= 1")
 
 
-@dataclass
-class RetrySpec:
+class RetrySpec(Config):
+    """How often a shard that failed for infrastructure reasons is tried."""
+
     max_attempts: int = 3
 
     def validate(self, path: str) -> None:
@@ -102,15 +110,16 @@ class RetrySpec:
             raise SpecError(f"{path}.max_attempts", "must be >= 1")
 
 
-@dataclass
-class JobSpec:
+class JobSpec(Config):
+    """A tokenmill job: what to read, how to cut clips, which tokenizer, where to write."""
+
     input: InputSpec
     tokenizer: TokenizerSpec
     output: OutputSpec
     name: str = "tokenmill"
-    clips: ClipSpec = field(default_factory=ClipSpec)
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
-    retries: RetrySpec = field(default_factory=RetrySpec)
+    clips: ClipSpec = Field(default_factory=ClipSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    retries: RetrySpec = Field(default_factory=RetrySpec)
 
     def redacted(self) -> dict[str, Any]:
         """The spec as plain data with secrets removed (storage option values dropped)."""
@@ -141,12 +150,11 @@ def resolve_paths(spec: JobSpec, base_dir: str) -> JobSpec:
     checkpoint = spec.tokenizer.checkpoint
     if checkpoint is not None:
         checkpoint = _resolve_path(checkpoint, base_dir)
-    return replace(
-        spec,
-        input=replace(spec.input, shards=shards),
-        tokenizer=replace(spec.tokenizer, checkpoint=checkpoint),
-        output=replace(spec.output, uri=_resolve_path(spec.output.uri, base_dir)),
-    )
+    return spec.model_copy(update={
+        "input": spec.input.model_copy(update={"shards": shards}),
+        "tokenizer": spec.tokenizer.model_copy(update={"checkpoint": checkpoint}),
+        "output": spec.output.model_copy(update={"uri": _resolve_path(spec.output.uri, base_dir)}),
+    })
 
 
 def parse_job_spec(data: dict[str, Any], base_dir: str = ".", overrides: list[str] | None = None) -> JobSpec:

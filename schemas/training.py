@@ -15,18 +15,20 @@ config file's folder.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from schemas.config import SpecError, from_dict, load_yaml, set_dotted, to_dict
+from pydantic import Field
+
+from schemas.config import Config, SpecError, from_dict, load_yaml, set_dotted, to_dict
 
 TRAINING_CONFIG_VERSION = 1
 
 
-@dataclass
-class TrainDataSpec:
+class TrainDataSpec(Config):
+    """Training clips: shards, how clips are cut, and the augmentation (random crop, flips)."""
+
     shards: str | list[str]
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     num_frames: int = 17  # frames per training clip: 1 + k * temporal compression
     resolution: tuple[int, int] = (256, 256)  # decoded size (resize shorter side, centre crop)
     crop: tuple[int, int] | None = (128, 128)  # random crop of each clip; null trains on full frames
@@ -50,12 +52,13 @@ class TrainDataSpec:
             raise SpecError(f"{path}.stride", "must be >= 1 or null")
 
 
-@dataclass
-class TrainModelSpec:
+class TrainModelSpec(Config):
+    """What to train: a preset or bundled name, a checkpoint to fine-tune, or random init."""
+
     name: str  # preset or bundled name, tokenmill checkpoint path, or folder of official .jit files
     init: Literal["pretrained", "random"] = "pretrained"
     # architecture fields changed from the preset's config (random init only), e.g. {channels: 48}
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
     # name written into the trained model's config (defaults to the preset's name)
     save_as: str | None = None
 
@@ -64,8 +67,9 @@ class TrainModelSpec:
             raise SpecError(f"{path}.overrides", "architecture overrides need init: random (weights would not fit)")
 
 
-@dataclass
-class OptimSpec:
+class OptimSpec(Config):
+    """AdamW, warmup + cosine decay, gradient clipping, EMA."""
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.01
@@ -87,8 +91,9 @@ class OptimSpec:
             raise SpecError(f"{path}.grad_clip", "must be >= 0")
 
 
-@dataclass
-class LossSpec:
+class LossSpec(Config):
+    """Weights of the L1, squared-error, SSIM and temporal loss terms."""
+
     l1: float = 1.0
     mse: float = 0.0  # squared error: the term PSNR measures
     ssim: float = 0.2
@@ -100,22 +105,24 @@ class LossSpec:
                 raise SpecError(f"{path}.{name}", "must be >= 0")
 
 
-@dataclass
-class ExportSpec:
+class ExportSpec(Config):
+    """An optional copy of the final EMA weights, e.g. into tokenizer_core/bundled/<name>/."""
+
     path: str  # where the final EMA weights go, e.g. tokenizer_core/bundled/<name>/model.pt
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Config):
+    """A `tokenmill train-tokenizer` run."""
+
     data: TrainDataSpec
     model: TrainModelSpec
     output_dir: str  # checkpoints (step-XXXXXXX.pt, last.pt) and train_log.jsonl
     steps: int
     batch_size: int = 4
     seed: int = 0
-    optim: OptimSpec = field(default_factory=OptimSpec)
-    loss: LossSpec = field(default_factory=LossSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # numbered checkpoints kept besides last.pt
     log_every: int = 20
@@ -161,10 +168,10 @@ def resolve_paths(cfg: TrainConfig, base: str) -> TrainConfig:
     shards = _resolve(shards, base) if isinstance(shards, str) else [_resolve(s, base) for s in shards]
     model = cfg.model
     if _looks_like_path(model.name):
-        model = replace(model, name=_resolve(model.name, base))
-    export = cfg.export and replace(cfg.export, path=_resolve(cfg.export.path, base))
-    return replace(cfg, data=replace(cfg.data, shards=shards), model=model,
-                   output_dir=_resolve(cfg.output_dir, base), export=export)
+        model = model.model_copy(update={"name": _resolve(model.name, base)})
+    export = cfg.export and cfg.export.model_copy(update={"path": _resolve(cfg.export.path, base)})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"shards": shards}), "model": model,
+                                  "output_dir": _resolve(cfg.output_dir, base), "export": export})
 
 
 def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:

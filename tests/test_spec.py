@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
-from schemas.config import SpecError
-from schemas.jobspec import load_job_spec, parse_job_spec
+from pipeline.writers.fingerprint import job_fingerprint
+from schemas.config import SpecError, from_dict, json_schema
+from schemas.jobspec import ClipSpec, JobSpec, load_job_spec, parse_job_spec
+from schemas.training import TrainConfig, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +70,9 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
         ({"resources": {"num_actors": "many"}}, "resources.num_actors"),
         ({"retries": {"max_attempts": True}}, "retries.max_attempts"),
         ({"extra_section": {}}, "extra_section"),
+        ({"clips": {"fps": "8"}}, "clips.fps"),
+        ({"clips": {"resolution": [True, 64]}}, "clips.resolution[0]"),
+        ({"input": {"shards": ["a.tar", 3]}}, "input.shards[1]"),
     ],
 )
 def test_bad_field_is_named(sections, field, tmp_path):
@@ -109,3 +117,59 @@ def test_cli_invalid_spec_exits_2_naming_field(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "clips.fps" in proc.stderr
     assert not out.exists()
+
+
+def test_messages_say_what_was_expected(tmp_path):
+    """An unknown key lists the allowed ones; a union names every alternative and the value given."""
+    with pytest.raises(SpecError, match=r"^clips.bogus: unknown key \(allowed: num_frames, fps, "):
+        parse_job_spec(_spec(clips={"bogus": 1}), str(tmp_path))
+    with pytest.raises(SpecError, match="^resources.num_actors: should be 'auto' or a valid integer, got str 'many'$"):
+        parse_job_spec(_spec(resources={"num_actors": "many"}), str(tmp_path))
+
+
+def test_integers_fill_float_fields_as_floats(tmp_path):
+    spec = parse_job_spec(_spec(clips={"fps": 8}, resources={"gpus_per_actor": 1}), str(tmp_path))
+    assert isinstance(spec.clips.fps, float) and isinstance(spec.resources.gpus_per_actor, float)
+
+
+def test_nested_checks_are_named_from_where_the_section_sits():
+    """validate(path) of a section loaded on its own (job.json's clips) names the field under the prefix."""
+    with pytest.raises(SpecError, match=r"^clips.num_frames: must be >= 1$"):
+        from_dict(ClipSpec, {"num_frames": 0}, "clips")
+    with pytest.raises(SpecError, match=r"^steps: must be >= 1$"):
+        from_dict(TrainConfig, {"data": {"shards": "a"}, "model": {"name": "x"}, "output_dir": "o", "steps": 0})
+
+
+def test_fingerprint_and_job_json_unchanged_by_the_pydantic_models():
+    """The digest and the redacted spec are those the dataclass loader produced: old outputs still resume."""
+    data = {"input": {"shards": "a-{000000..000003}.tar", "storage_options": {"key": "K"}},
+            "tokenizer": {"name": "DV4x8x8-mill", "dtype": "bfloat16"}, "output": {"uri": "/tmp/out"},
+            "clips": {"num_frames": 9, "fps": 8, "stride": 4, "resolution": [128, 64]}}
+    spec = parse_job_spec(data, "/tmp")
+    fingerprint = job_fingerprint(spec, {"vocab_size": 64000, "channels": 8}, "ab" * 32)
+    assert fingerprint["digest"] == "20a26e0a6117f591271d4f67407f0bc81371f2b57cd8e9daf1364c639766d788"
+    written = spec.redacted()
+    assert json.loads(json.dumps(written)) == written  # plain JSON: lists, not tuples
+    assert written["clips"] == {"num_frames": 9, "fps": 8.0, "stride": 4, "max_clips_per_video": None,
+                                "resolution": [128, 64], "decoder": "decord"}
+    assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries"]
+
+
+def test_json_schema_accepts_the_examples_and_rejects_an_unknown_key():
+    schema = json_schema(JobSpec, "tokenmill job spec")
+    demo = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(demo)
+    with pytest.raises(jsonschema.ValidationError, match="bogus"):
+        jsonschema.validate({**demo, "clips": {**demo["clips"], "bogus": 1}}, schema)
+    training = json_schema(TrainConfig, "tokenmill training config")
+    for name in ("train_bundled.yaml", "train_bundled_finetune.yaml"):
+        load_train_config(str(REPO / "examples" / name))
+        jsonschema.validate(yaml.safe_load((REPO / "examples" / name).read_text()), training)
+
+
+def test_cli_prints_the_spec_schema():
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "spec-schema"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert schema["required"] == ["input", "tokenizer", "output"] and schema["additionalProperties"] is False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -110,7 +109,7 @@ def test_max_minutes_stops_early_with_a_final_checkpoint_and_export(tmp_path, sh
     assert torch.load(run_dir / "last.pt", weights_only=True)["training"]["step"] == 1
     assert torch.load(export, weights_only=True)["extra"]["steps"] == 1
     assert not list(run_dir.glob("step-*.pt"))
-    assert run_training(replace(cfg, max_minutes=None)).step == 6
+    assert run_training(cfg.model_copy(update={"max_minutes": None})).step == 6
     assert sorted(p.name for p in run_dir.glob("step-*.pt")) == ["step-0000004.pt"]
 
 

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -110,7 +109,7 @@ class DecodeWorker:
         """Like clips.cut_clips, in the child. Raises VideoError, including for a crashed child."""
         conn = self._conn or self._start()
         try:
-            conn.send((key, data, asdict(spec)))
+            conn.send((key, data, spec))
         except OSError:
             raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
         finished = False
@@ -152,14 +151,13 @@ def _serve(conn: Connection) -> None:
         request: Any = conn.recv()
         if request is None:
             return
-        key, data, spec_fields = request
+        key, data, spec = request
         if os.environ.get(CRASH_ENV) == key:
             os.kill(os.getpid(), signal.SIGSEGV)
         if os.environ.get(HANG_ENV) == key:
             time.sleep(3600)
-        spec_fields["resolution"] = tuple(spec_fields["resolution"])
         try:
-            for item in cut_clips(data, ClipSpec(**spec_fields)):
+            for item in cut_clips(data, spec):
                 if isinstance(item, VideoDone):
                     conn.send(("done", item))
                 else:
