@@ -62,10 +62,13 @@ def _embedded_auth_token() -> None:
     Ray 2.60 turns token auth on for a new local cluster and, unless told otherwise, writes a
     token to ~/.ray/auth_token and prints a warning about it. The embedded cluster serves this
     one run, so a per-run token keeps it closed to other local users without writing into the
-    home folder. A user who set RAY_AUTH_MODE or RAY_AUTH_TOKEN keeps their setting."""
+    home folder. A user who turned auth off (RAY_AUTH_MODE=disabled) or brought a token
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) keeps their setting."""
     import secrets
 
-    if "RAY_AUTH_MODE" in os.environ or "RAY_AUTH_TOKEN" in os.environ:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return
+    if "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ:
         return
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
