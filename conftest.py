@@ -7,5 +7,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 pytest_plugins = [
     "tests.fixtures.media",
     "tests.fixtures.s3",
+    "tests.fixtures.hub",
     "tests.fixtures.ray_cluster",
 ]

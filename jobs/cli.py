@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for http_library in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        # one line per Hub request (the Hub client's HTTP library), even with --verbose
+        logging.getLogger(http_library).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from schemas.config import SpecError
 

@@ -1,6 +1,7 @@
 """`tokenmill run JOB.yaml`: plan, dispatch shards to Ray, summarise.
 
     load + validate the spec (exit 2, nothing written, on any error)
+    -> Hub repo ids pinned to the commit they resolve to now (fetched on the driver)
     -> tokenizer config + weights hash (on the driver, CPU) -> clip shape check -> fingerprint
     -> job.json (refuses a mismatching resume) -> plan: shard URLs minus verified manifest records
     -> Ray (embedded, or the cluster at --address / RAY_ADDRESS) -> tokenizer actors
@@ -19,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from schemas.config import SpecError
@@ -43,6 +44,26 @@ class TokenizerInfo:
     discrete: bool
     spatial: int
     temporal: int
+    load_name: str  # what the actors load: the spec's tokenizer.name, a Hub repo id pinned
+    load_checkpoint: str | None  # the spec's tokenizer.checkpoint, a Hub repo id pinned
+    revision: str | None = None  # "owner/name@commit" when the weights come from the Hub
+
+
+def pin_hub_refs(name: str, checkpoint: str | None) -> tuple[str, str | None, str | None]:
+    """(name, checkpoint, revision): Hub repo ids among them pinned to the commit their revision
+    resolves to now (its files fetched here), so every actor loads exactly these files even if
+    the repo moves during the job; revision is the weights' "owner/name@commit", or None."""
+    from schemas.hubref import HUB_SCHEME, hub_ref_for
+    from tokenizer_core import hub
+
+    values: list[str | None] = [name, checkpoint]
+    revision = None
+    for i, value in enumerate(values):
+        ref = hub_ref_for(value) if value else None
+        if ref is not None:
+            pinned = str(hub.fetch(ref).pinned)
+            values[i], revision = HUB_SCHEME + pinned, pinned  # the checkpoint's, if both are
+    return str(values[0]), values[1], revision
 
 
 def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
@@ -51,13 +72,14 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
 
     tok_spec = spec.tokenizer
     try:
-        tok = load_tokenizer(tok_spec.name, tok_spec.init, "cpu", "float32", tok_spec.checkpoint)
+        name, checkpoint, revision = pin_hub_refs(tok_spec.name, tok_spec.checkpoint)
+        tok = load_tokenizer(name, tok_spec.init, "cpu", "float32", checkpoint)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         field_name = "tokenizer.checkpoint" if tok_spec.checkpoint else "tokenizer.name"
         raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
     cfg = tok.config
     return TokenizerInfo(cfg.to_dict(), tok.weights_hash, cfg.name, bool(cfg.discrete),
-                         int(cfg.spatial_compression), int(cfg.temporal_compression))
+                         int(cfg.spatial_compression), int(cfg.temporal_compression), name, checkpoint, revision)
 
 
 def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
@@ -101,7 +123,7 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
     from jobs.shard_task import run_shard
 
     place = pl.plan_placement(spec)
-    settings = pl.actor_settings(spec, place)
+    settings = replace(pl.actor_settings(spec, place), name=info.load_name, checkpoint=info.load_checkpoint)
     actors = pl.start_actors(settings, place.num_actors, f"{spec.name}-{uuid.uuid4().hex[:6]}")
     nodes = pl.actor_nodes(actors)
     job = _shard_job(spec, info, fingerprint)
@@ -155,7 +177,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
     info = probe_tokenizer(spec)
     check_clip_shape(spec, info)
     urls = expand_shards(spec.input.shards, spec.input.storage_options)
-    fingerprint = job_fingerprint(spec, info.config, info.weights_hash)
+    fingerprint = job_fingerprint(spec, info.config, info.weights_hash, revision=info.revision)
     prepare_output(spec, fingerprint, len(urls))
     todo, done = plan_shards(urls, spec.output.uri, spec.output.storage_options,
                              fingerprint=fingerprint_digest(fingerprint))

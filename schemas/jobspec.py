@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from schemas.config import Config, SpecError, from_dict, load_yaml, set_dotted, to_dict
+from schemas.hubref import hub_ref_for
 
 JOBSPEC_VERSION = 1
 
@@ -148,7 +149,7 @@ def resolve_paths(spec: JobSpec, base_dir: str) -> JobSpec:
     else:
         shards = [_resolve_path(s, base_dir) for s in shards]
     checkpoint = spec.tokenizer.checkpoint
-    if checkpoint is not None:
+    if checkpoint is not None and hub_ref_for(checkpoint, base_dir) is None:  # a Hub repo id stays one
         checkpoint = _resolve_path(checkpoint, base_dir)
     return spec.model_copy(update={
         "input": spec.input.model_copy(update={"shards": shards}),

@@ -17,6 +17,7 @@ from pipeline.writers.manifest import (
     read_job_file,
     read_manifest,
 )
+from pipeline.writers.fingerprint import job_fingerprint
 from schemas.config import SpecError
 from tests.output_support import fingerprint_for, make_spec, write_shard
 
@@ -48,6 +49,29 @@ def test_rerun_may_change_fields_that_do_not_change_tokens(tmp_path):
     job = read_job_file(str(tmp_path / "out"))
     assert job is not None and job.spec["resources"]["num_actors"] == 3
     assert "SECRET-KEY" not in (tmp_path / "out" / "job.json").read_text()
+
+
+def test_hub_revision_is_compared_on_resume_but_not_hashed(tmp_path):
+    """tokenizer.revision refuses an unpinned resume after the repo moved, naming both commits;
+    the spec pinning the new commit is accepted; the digest (manifest records) ignores it."""
+    old, new = "a" * 40, "b" * 40
+    spec = make_spec(str(tmp_path / "out"), **{"tokenizer.name": "acme/tiny-DV4x8x8"})
+    first = job_fingerprint(spec, {}, "w0", revision=f"acme/tiny-DV4x8x8@{old}")
+    moved = job_fingerprint(spec, {}, "w0", revision=f"acme/tiny-DV4x8x8@{new}")
+    assert first["digest"] == moved["digest"] == job_fingerprint(spec, {}, "w0")["digest"]
+    prepare_output(spec, first, shards_total=4)
+    with pytest.raises(SpecError) as err:
+        prepare_output(spec, moved, shards_total=4)
+    assert err.value.field == "tokenizer.revision" and old in str(err.value) and new in str(err.value)
+    assert f"pin acme/tiny-DV4x8x8@{new} to accept" in str(err.value)
+    pinned = make_spec(str(tmp_path / "out"), **{"tokenizer.name": f"acme/tiny-DV4x8x8@{new}"})
+    assert job_fingerprint(pinned, {}, "w0", revision=f"acme/tiny-DV4x8x8@{new}") == moved
+    prepare_output(pinned, moved, shards_total=4)
+    job = read_job_file(str(tmp_path / "out"))
+    assert job is not None and job.fingerprint["tokenizer.revision"].endswith(new)
+    other_weights = job_fingerprint(pinned, {}, "w1", revision=f"acme/tiny-DV4x8x8@{new}")
+    with pytest.raises(SpecError, match="tokenizer.weights_hash"):
+        prepare_output(pinned, other_weights, shards_total=4)
 
 
 def _partial_then_resume(out: str, opts=None) -> tuple[list[str], dict]:

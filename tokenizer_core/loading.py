@@ -5,8 +5,11 @@ Resolution order for `path_or_name`:
 2. an existing folder: `model.pt` inside (tokenmill), else official `encoder.jit` / `decoder.jit` /
    `autoencoder.jit` (their weights are mapped into the native module; loading a .jit file runs
    TorchScript code from that file, so only load files you trust);
-3. a bundled model name: `tokenizer_core/bundled/<name>/model.pt`;
-4. a preset name: random weights only with init="random" (seeded by the name: deterministic).
+3. a Hugging Face Hub repo id, `owner/name[@revision]` or `hf://owner/name[@revision]`
+   (schemas/hubref.py has the syntax): its official files, fetched into the client's cache
+   (tokenizer_core/hub.py);
+4. a bundled model name: `tokenizer_core/bundled/<name>/model.pt`;
+5. a preset name: random weights only with init="random" (seeded by the name: deterministic).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from schemas.hubref import hub_ref_for
 from tokenizer_core.checkpoint import load_checkpoint, load_state_strict, seeded_init
 from tokenizer_core.config import TokenizerConfig, list_presets, preset_config
 from tokenizer_core.model import CosmosTokenizer
@@ -85,6 +89,12 @@ def _resolve(path_or_name: str, init: str, backend: str, name_hint: str | None =
         if any((path / f).is_file() for f in OFFICIAL_FILES):
             return _load_official(path, name_hint, backend)
         raise FileNotFoundError(f"{path}: folder has neither model.pt nor official {', '.join(OFFICIAL_FILES)}")
+    ref = hub_ref_for(path_or_name)
+    if ref is not None:
+        from tokenizer_core import hub
+
+        snap = hub.fetch(ref)
+        return _load_official(snap.folder, name_hint or snap.hint, backend)
     bundled = bundled_dir() / path_or_name / "model.pt"
     if bundled.is_file():
         return _from_tokenmill(bundled)
@@ -95,8 +105,8 @@ def _resolve(path_or_name: str, init: str, backend: str, name_hint: str | None =
                 f"official encoder.jit/decoder.jit, or a tokenmill .pt) or ask for init='random' explicitly")
         return build(preset_config(path_or_name))
     raise FileNotFoundError(
-        f"tokenizer {path_or_name!r} is not a file, a folder, a bundled model in {bundled_dir()}, "
-        f"or a preset ({', '.join(list_presets())})")
+        f"tokenizer {path_or_name!r} is not a file, a folder, a Hub repo id (owner/name[@revision]), a bundled "
+        f"model in {bundled_dir()}, or a preset ({', '.join(list_presets())})")
 
 
 def from_pretrained(path_or_name: str | Path, device: str | torch.device = "cpu",

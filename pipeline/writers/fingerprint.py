@@ -4,6 +4,12 @@ Components are keyed by the dotted spec field they come from, so a refusal can n
 (`clips.num_frames: 17 -> 33`). Fields that do not change tokens (resources, retries,
 batch size, name, storage options, input shard list) are deliberately left out: they may
 change between a run and its resume.
+
+`tokenizer.revision` (the Hub commit the weights came from, for Hub repo ids) is recorded and
+compared on resume but not hashed into the digest that marks manifest records: the tokens
+depend on the weights (`tokenizer.weights_hash`), not on which commit served them. A resume
+whose repo moved is refused naming it, unless the spec pins the new commit (`@<commit>`); the
+weights hash still refuses it if the weights changed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 from schemas.config import SpecError
 from schemas.errors import ERRORS_SCHEMA_VERSION
+from schemas.hubref import parse_hub_ref
 from schemas.jobspec import JobSpec
 from schemas.tokens import (
     META_FINGERPRINT,
@@ -24,6 +31,8 @@ from schemas.tokens import (
 )
 
 DIGEST = "digest"
+REVISION = "tokenizer.revision"
+_NOT_HASHED = (REVISION,)
 
 
 def _canonical(data: Any) -> str:
@@ -34,8 +43,16 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_hash: str) -> dict[str, Any]:
-    """Dotted field -> value for everything that changes tokens, plus "digest" over all of them.
+def _repo_name(name: str) -> str:
+    """tokenizer.name without a Hub revision: pinning the commit a job started with is no change."""
+    ref = parse_hub_ref(name)
+    return ref.repo_id if ref is not None else name
+
+
+def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_hash: str,
+                    revision: str | None = None) -> dict[str, Any]:
+    """Dotted field -> value for everything that changes tokens, plus "digest" over all of them
+    (`revision`, "owner/name@commit" for Hub weights, is recorded but not hashed: see above).
 
     Also the earliest place a job sees its tokenizer's config: a vocabulary that uint16 ids
     cannot hold is refused here, as a SpecError on tokenizer.name (exit 2, nothing written).
@@ -48,7 +65,8 @@ def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_has
             raise SpecError("tokenizer.name", str(exc)) from None
     clips = spec.clips
     components: dict[str, Any] = {
-        "tokenizer.name": spec.tokenizer.name,
+        "tokenizer.name": _repo_name(spec.tokenizer.name),
+        **({REVISION: revision} if revision else {}),
         "tokenizer.weights_hash": weights_hash,
         "tokenizer.dtype": spec.tokenizer.dtype,
         "tokenizer.config": _sha(_canonical(tokenizer_config))[:16],
@@ -61,7 +79,8 @@ def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_has
         "output.format": spec.output.format,
         "schema_version": f"tokens={TOKENS_SCHEMA_VERSION},errors={ERRORS_SCHEMA_VERSION}",
     }
-    return {**components, DIGEST: _sha(_canonical(components))}
+    hashed = {k: v for k, v in components.items() if k not in _NOT_HASHED}
+    return {**components, DIGEST: _sha(_canonical(hashed))}
 
 
 def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -70,8 +89,27 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tu
     return [(k, old.get(k), new.get(k)) for k in names if _canonical(old.get(k)) != _canonical(new.get(k))]
 
 
+def resume_differences(old: dict[str, Any], new: dict[str, Any], spec: JobSpec) -> list[tuple[str, Any, Any]]:
+    """The differences that refuse a resume: all of them, except a new Hub revision that the
+    spec pins by its commit (the user chose it; the weights hash still guards the tokens)."""
+    pinned = set()
+    for value in (spec.tokenizer.name, spec.tokenizer.checkpoint):
+        ref = parse_hub_ref(value) if value else None
+        if ref is not None and ref.pinned:
+            pinned.add(str(ref))
+    return [d for d in fingerprint_differences(old, new) if not (d[0] == REVISION and d[2] in pinned)]
+
+
 def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
-    return "; ".join(f"{name}: {_canonical(a)} -> {_canonical(b)}" for name, a, b in diffs)
+    text = "; ".join(f"{name}: {_canonical(a)} -> {_canonical(b)}" for name, a, b in diffs)
+    moved = [(a, b) for name, a, b in diffs if name == REVISION and a and b]
+    if moved:
+        old, new = moved[0]
+        weights_too = any(name == "tokenizer.weights_hash" for name, _, _ in diffs)
+        text += (f". The Hub repo moved since this output was started: pin {old} to resume with the weights it was "
+                 "made with" + ("; its weights changed, so the new revision needs a new output.uri" if weights_too
+                                else f", or pin {new} to accept the new revision (same weights)"))
+    return text
 
 
 def token_file_metadata(fingerprint: dict[str, Any], tokenizer_config: dict[str, Any],

@@ -28,8 +28,8 @@ from pipeline.writers import storage
 from pipeline.writers.fingerprint import (
     DIGEST,
     describe_differences,
-    fingerprint_differences,
     job_fingerprint,
+    resume_differences,
     token_file_metadata,
 )
 from schemas.config import SpecError
@@ -75,7 +75,7 @@ def prepare_output(spec: JobSpec, fingerprint: dict[str, Any], shards_total: int
     existing = read_job_file(uri, opts)
     now = time.time()
     if existing is not None:
-        diffs = fingerprint_differences(existing.fingerprint, fingerprint)
+        diffs = resume_differences(existing.fingerprint, fingerprint, spec)
         if diffs:
             raise SpecError(
                 diffs[0][0],
