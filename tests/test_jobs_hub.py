@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,8 @@ def test_the_token_reaches_no_output_and_no_log(first_run) -> None:
 def test_resume_after_the_repo_moved_is_refused_unless_pinned(hub: StandInHub, first_run) -> None:
     """The repo gets a new commit: an unpinned resume exits 2 naming tokenizer.revision and both
     commits, writing nothing; pinned to the old commit it resumes offline from the cache with no
-    request; pinned to the new commit (same weights) it is accepted and recorded."""
+    request; pinned to the new commit (same weights) it is accepted and recorded, and preview
+    then decodes with that recorded commit."""
     assert first_run["proc"].returncode == 0, first_run["proc"].stderr[-3000:]
     out, home, old = first_run["out"], first_run["home"], first_run["sha"]
     job_before = (out / "job.json").read_bytes()
@@ -109,6 +111,13 @@ def test_resume_after_the_repo_moved_is_refused_unless_pinned(hub: StandInHub, f
     assert accepted.returncode == 0, accepted.stderr[-3000:]
     assert "nothing to do" in accepted.stderr  # same weights: every shard's record still holds
     assert _job(out)["fingerprint"]["tokenizer.revision"] == f"{GATED}@{new}"
+
+    key = sorted(read_tokens(out))[0]
+    preview = subprocess.run([sys.executable, "-m", "jobs.cli", "preview", str(out), "--key", key, "--out",
+                              str(out.parent / "preview")], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env=hub_env(hub, home, HF_HUB_OFFLINE="1"))  # the recorded commit, from the cache
+    assert preview.returncode == 0, preview.stderr[-3000:]
+    assert (out.parent / "preview" / f"{key}-compare.png").is_file()
 
 
 @pytest.mark.parametrize(("repo", "files", "gated", "message"), [

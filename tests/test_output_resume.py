@@ -10,6 +10,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline.records import shard_id
+from pipeline.writers.fingerprint import job_fingerprint
 from pipeline.writers.manifest import (
     compact_manifest,
     plan_shards,
@@ -17,7 +18,6 @@ from pipeline.writers.manifest import (
     read_job_file,
     read_manifest,
 )
-from pipeline.writers.fingerprint import job_fingerprint
 from schemas.config import SpecError
 from tests.output_support import fingerprint_for, make_spec, write_shard
 

@@ -72,6 +72,16 @@ def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[s
     raise SpecError("--key", f"clip {row['key']} could not be re-decoded from {row['source_url']}")
 
 
+def _at_revision(value: str | None, revision: str | None) -> str | None:
+    """A Hub repo id pinned to the commit the job loaded (job.json's tokenizer.revision)."""
+    from schemas.hubref import HUB_SCHEME, hub_ref_for
+
+    ref = hub_ref_for(value) if value and revision else None
+    if ref is None or not str(revision).startswith(f"{ref.repo_id}@"):
+        return value
+    return f"{HUB_SCHEME}{revision}"
+
+
 def job_tokenizer(output: str, storage_options: dict[str, Any] | None) -> tuple[Any, Any]:
     """(tokenizer, ClipSpec) of the job that wrote `output`, from its job.json."""
     import tokenizer_core
@@ -84,7 +94,9 @@ def job_tokenizer(output: str, storage_options: dict[str, Any] | None) -> tuple[
         raise SpecError("OUTPUT", f"{output} has no job.json: not a tokenmill job output")
     tok_spec = from_dict(TokenizerSpec, job.spec["tokenizer"], "tokenizer")
     clip_spec = from_dict(ClipSpec, job.spec["clips"], "clips")
-    tok = tokenizer_core.from_pretrained(tok_spec.name, init=tok_spec.init, checkpoint=tok_spec.checkpoint)
+    revision = job.fingerprint.get("tokenizer.revision")
+    name, checkpoint = (_at_revision(v, revision) for v in (tok_spec.name, tok_spec.checkpoint))
+    tok = tokenizer_core.from_pretrained(str(name), init=tok_spec.init, checkpoint=checkpoint)
     expected = job.fingerprint.get("tokenizer.weights_hash")
     if expected and expected != tok.weights_hash:
         log.warning("tokenizer %s now has weights %s..., the job used %s...: the preview may not match",
