@@ -57,7 +57,7 @@ class ClipSpec(Config):
 
 
 class TokenizerSpec(Config):
-    """Which tokenizer encodes the clips: a preset or bundled name, weights, dtype, batch size."""
+    """Which tokenizer encodes the clips: a preset, bundled name or Hub repo id, weights, dtype, batch size."""
 
     name: str
     checkpoint: str | None = None
