@@ -100,3 +100,10 @@ def test_safetensors_checkpoint_round_trip(tmp_path: Path) -> None:
     assert config == tok.config and extra == {"steps": 3}
     back = tc.from_pretrained(path)
     assert back.weights_hash == tok.weights_hash
+
+
+def test_unknown_name_lists_bundled_models_and_suggests_close_names():
+    with pytest.raises(FileNotFoundError) as info:
+        tc.from_pretrained("DV4x8x8-mil")
+    message = str(info.value)
+    assert "bundled model (DV4x8x8-mill)" in message and "Did you mean 'DV4x8x8-mill'" in message

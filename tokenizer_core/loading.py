@@ -104,9 +104,22 @@ def _resolve(path_or_name: str, init: str, backend: str, name_hint: str | None =
                 f"preset {path_or_name!r} is an architecture without weights: give a checkpoint (a folder of "
                 f"official encoder.jit/decoder.jit, or a tokenmill .pt) or ask for init='random' explicitly")
         return build(preset_config(path_or_name))
-    raise FileNotFoundError(
-        f"tokenizer {path_or_name!r} is not a file, a folder, a Hub repo id (owner/name[@revision]), a bundled "
-        f"model in {bundled_dir()}, or a preset ({', '.join(list_presets())})")
+    raise FileNotFoundError(_unknown_name_message(str(path_or_name)))
+
+
+def list_bundled() -> list[str]:
+    """Names of the trained models shipped in tokenizer_core/bundled/."""
+    return sorted(p.parent.name for p in bundled_dir().glob("*/model.pt"))
+
+
+def _unknown_name_message(name: str) -> str:
+    import difflib
+
+    known = list_bundled() + list_presets()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"tokenizer {name!r} is not a file, a folder, a Hub repo id (owner/name[@revision]), a bundled "
+            f"model ({', '.join(list_bundled()) or 'none'}) or a preset ({', '.join(list_presets())}).{hint}")
 
 
 def from_pretrained(path_or_name: str | Path, device: str | torch.device = "cpu",
