@@ -109,6 +109,7 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any]) 
         batch_size=spec.tokenizer.batch_size,
         max_batches_in_flight=spec.resources.max_batches_in_flight,
         file_metadata=token_file_metadata(fingerprint, info.config, info.weights_hash),
+        limits=spec.limits,
     )
 
 

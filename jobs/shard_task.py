@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.records import Clip, DeadLetter, ShardStats, shard_id
-from schemas.jobspec import ClipSpec
+from schemas.jobspec import ClipSpec, LimitSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class ShardJob:
     max_batches_in_flight: int
     file_metadata: dict[str, str] = field(default_factory=dict)
     isolate_decoder: bool = True
+    limits: LimitSpec = field(default_factory=LimitSpec)
 
 
 class TokenizerUnavailable(RuntimeError):
@@ -151,7 +152,8 @@ def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router
         while len(pending) > job.max_batches_in_flight:
             _finish(pending.popleft(), router, writer, job, stats)
 
-    for item in iter_shard(url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder):
+    for item in iter_shard(url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder,
+                           limits=job.limits):
         if isinstance(item, DeadLetter):
             writer.add_error(item)
             continue

@@ -36,19 +36,63 @@ def shard_id(url: str) -> str:
     return f"{stem}-{digest}"
 
 
-def clip_key(shard: str, sample_key: str, clip_index: int) -> str:
-    """Unique, rerun-stable key of a clip in a job's output.
+# The key grammar: one or more '/'-separated segments of ASCII letters, digits, '_', '-' and '.',
+# each starting with a letter, digit or '_' and at most 128 characters long (so no empty, '.' or
+# '..' segment, no leading '/', no control, space or non-ASCII character), optionally ending in
+# '~' + 12 hex digits (the mark of an escaped key), MAX_KEY_CHARS in all.
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_SAFE_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*(?:~[0-9a-f]{{12}})?")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_KEY_CHARS = 240
 
-    WebDataset sample keys never contain '.', so '.' separates the parts unambiguously.
+
+def safe_key(raw: str) -> str:
+    """The one definition of a key that may become a path (tar member, file name).
+
+    A key in the grammar above is returned unchanged; any other is escaped: unsafe characters
+    become '_', empty / '.' / '..' segments and leading dots and dashes are dropped, the rest is
+    cut to fit, and '~' + 12 hex digits of SHA-1 of the raw key are appended. The hash keeps
+    escaped keys distinct from each other and from every unescaped key (which never holds '~'
+    except as this mark), and stable across reruns; `safe_key(safe_key(k)) == safe_key(k)`.
     """
-    return f"{shard}.{sample_key}.{clip_index:04d}"
+    if len(raw) <= MAX_KEY_CHARS and _SAFE_KEY.fullmatch(raw):
+        return raw
+    digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{_readable_part(raw, MAX_KEY_CHARS - 13)}~{digest}"
+
+
+def _readable_part(raw: str, budget: int) -> str:
+    parts: list[str] = []
+    for segment in raw.split("/"):
+        segment = _UNSAFE_RUN.sub("_", segment)[:128].lstrip(".-").rstrip(".")
+        if segment and len("/".join([*parts, segment])) <= budget:
+            parts.append(segment)
+    return "/".join(parts) or "key"
+
+
+def clip_key(shard: str, sample_key: str, clip_index: int) -> str:
+    """Unique, rerun-stable key of a clip in a job's output: `<shard>.<safe sample key>.<NNNN>`.
+
+    Shard ids hold no '.' and the clip index is the last '.'-part, so the parts stay apart even
+    though folder segments of a sample key may hold dots. The key is itself in the key grammar.
+    """
+    return f"{shard}.{safe_key(sample_key)}.{clip_index:04d}"
 
 
 @dataclass
 class Sample:
-    key: str
+    key: str  # safe_key of the key the shard spells
     source_url: str
     members: dict[str, bytes]  # extension without the leading dot ("mp4", "json") -> raw bytes
+    names: dict[str, str] = field(default_factory=dict)  # extension -> member name as in the shard
+    files: dict[str, str] = field(default_factory=dict)  # extension -> temp file of a spooled member
+    refusal: tuple[str, str] | None = None  # (error_type, message): a member was over a limit
+
+    def source_member(self, ext: str | None = None) -> str:
+        """The shard's own name of member `ext` (default: the first member): provenance."""
+        if ext is not None and ext in self.names:
+            return self.names[ext]
+        return next(iter(self.names.values()), "")
 
 
 @dataclass
@@ -61,6 +105,7 @@ class Clip:
     fps: float  # rate of the frames in this clip
     frames: np.ndarray  # uint8 [T, H, W, 3], channels-last
     meta: str | None = None  # the sample's sidecar JSON as text (null when absent or broken)
+    source_member: str | None = None  # the video's tar member name exactly as the shard has it
 
     @property
     def num_frames(self) -> int:
@@ -74,6 +119,7 @@ class DeadLetter:
     stage: str  # read | decode | clip | meta | tokenize | write | shard
     error_type: str  # short class of the failure, e.g. "ZeroByteFile", "DecodeError"
     message: str
+    source_member: str = ""  # the sample's member name as the shard has it ("" for a shard)
 
     @property
     def reason(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-ERRORS_SCHEMA_VERSION = 1
+ERRORS_SCHEMA_VERSION = 2  # 2: source_member
 
 META_ERRORS_SCHEMA_VERSION = "tokenmill.errors_schema_version"
 
@@ -26,6 +26,7 @@ def error_schema(metadata: dict[str, str] | None = None) -> pa.Schema:
             pa.field("error_type", pa.string(), nullable=False),
             pa.field("reason", pa.string(), nullable=False),  # "<stage>:<error_type>"
             pa.field("message", pa.string(), nullable=False),
+            pa.field("source_member", pa.string(), nullable=False),  # "" for a shard-level failure
         ],
         metadata=meta,
     )

@@ -111,6 +111,34 @@ class RetrySpec(Config):
             raise SpecError(f"{path}.max_attempts", "must be >= 1")
 
 
+class LimitSpec(Config):
+    """Bounds on what one untrusted sample may cost; each one exceeded is a dead letter naming it.
+
+    Sizes are MiB of the shard's bytes. A sidecar (any member that is not a video) counts as at
+    least one 512-byte tar block, so a sample of countless empty members is bounded too.
+    """
+
+    max_video_mb: float = 4096.0  # a sample's video members together -> read:MemberTooLarge
+    spool_mb: float = 64.0  # a video member above this is streamed to a temporary file, not memory
+    max_sidecar_mb: float = 16.0  # a sample's other members together -> read:SidecarTooLarge
+    max_frame_pixels: int = 8192 * 4320  # decoded width x height (8K DCI) -> decode:FrameTooLarge
+    max_frames: int = 1_000_000  # source frames decoded from one sample -> decode:TooManyFrames
+    decode_timeout_s: float = 300.0  # decoder child silent this long -> decode:DecoderTimeout
+    max_samples_per_shard: int = 100_000  # samples read from one shard -> shard:TooManySamples
+
+    def validate(self, path: str) -> None:
+        for name in ("max_video_mb", "spool_mb", "max_sidecar_mb", "decode_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SpecError(f"{path}.{name}", "must be > 0")
+        for name in ("max_frame_pixels", "max_frames", "max_samples_per_shard"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{path}.{name}", "must be >= 1")
+
+    def in_bytes(self, name: str) -> int:
+        """A `*_mb` setting in bytes."""
+        return int(getattr(self, name) * 2**20)
+
+
 class JobSpec(Config):
     """A tokenmill job: what to read, how to cut clips, which tokenizer, where to write."""
 
@@ -121,6 +149,7 @@ class JobSpec(Config):
     clips: ClipSpec = Field(default_factory=ClipSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)
+    limits: LimitSpec = Field(default_factory=LimitSpec)
 
     def redacted(self) -> dict[str, Any]:
         """The spec as plain data with secrets removed (storage option values dropped)."""
@@ -170,3 +199,4 @@ def load_job_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
     """Load and validate a job spec file; raises SpecError naming the bad field."""
     data = load_yaml(path)
     return parse_job_spec(data, os.path.dirname(os.path.abspath(path)), overrides)
+

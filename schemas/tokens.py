@@ -18,7 +18,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-TOKENS_SCHEMA_VERSION = 1
+TOKENS_SCHEMA_VERSION = 2  # 2: source_member
 
 # uint16 ids hold vocabularies up to 2**16 (Cosmos FSQ [8,8,8,5,5,5] has 64,000 ids)
 MAX_VOCAB_SIZE = 1 << 16
@@ -52,6 +52,7 @@ _COMMON = [
     pa.field("width", pa.int32(), nullable=False),
     pa.field("tokenizer", pa.string(), nullable=False),
     pa.field("meta", pa.string(), nullable=True),
+    pa.field("source_member", pa.string(), nullable=True),  # the video's name in the input tar
 ]
 
 _DISCRETE = [

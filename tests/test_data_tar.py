@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.readers.stages import iter_shard
 from pipeline.readers.tar_stream import CorruptShard, iter_samples, video_member
-from pipeline.records import Clip, DeadLetter, ShardStats
+from pipeline.records import Clip, DeadLetter, ShardStats, safe_key
 from schemas.jobspec import ClipSpec
 from tests.fixtures.media import encode_video, write_tar
 
@@ -38,7 +38,8 @@ def test_long_member_names_survive_gnu_and_pax_headers(fmt):
     key = "d" * 120 + "/clip_é"
     data = _tar_bytes([(f"{key}.mp4", b"v"), (f"{key}.json", b"{}")], fmt=fmt)
     (sample,) = iter_samples(io.BytesIO(data), "u")
-    assert sample.key == key and set(sample.members) == {"mp4", "json"}
+    assert sample.names == {"mp4": f"{key}.mp4", "json": f"{key}.json"} and set(sample.members) == {"mp4", "json"}
+    assert sample.key == safe_key(key) and sample.key.startswith("d" * 120 + "/clip__~")  # é escaped
 
 
 def test_truncation_inside_a_member_yields_earlier_samples_then_raises():

@@ -12,7 +12,13 @@ import torch
 
 from pipeline.records import Clip, ShardStats, clip_key, shard_id
 from pipeline.writers.commit import ClipInfo, ShardWriter
-from schemas.tokens import MAX_VOCAB_SIZE, META_FINGERPRINT, META_SCHEMA_VERSION, check_vocab_size
+from schemas.tokens import (
+    MAX_VOCAB_SIZE,
+    META_FINGERPRINT,
+    META_SCHEMA_VERSION,
+    TOKENS_SCHEMA_VERSION,
+    check_vocab_size,
+)
 from tests.output_support import TOKEN_SHAPE, clip_ids, fingerprint_for, make_spec, write_shard
 
 URL = "/data/in-000000.tar"
@@ -47,7 +53,7 @@ def test_parquet_schema_is_explicit_and_metadata_carries_fingerprint(written):
     schema = pf.schema_arrow
     assert str(schema.field("tokens").type) == "list<element: uint16 not null>"
     meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
-    assert meta[META_SCHEMA_VERSION] == "1"
+    assert meta[META_SCHEMA_VERSION] == str(TOKENS_SCHEMA_VERSION)
     assert json.loads(meta[META_FINGERPRINT])["digest"] == fp["digest"]
     assert pf.metadata.row_group(0).column(11).compression == "ZSTD"
 
@@ -56,7 +62,7 @@ def test_error_rows_are_written_with_reason(written):
     out, record, _ = written
     rows = pq.read_table(out / record.outputs["errors"].path).to_pylist()
     assert rows == [{"source_url": URL, "sample_key": "broken", "stage": "decode", "error_type": "DecodeError",
-                     "reason": "decode:DecodeError", "message": "moov atom not found"}]
+                     "reason": "decode:DecodeError", "message": "moov atom not found", "source_member": ""}]
 
 
 def test_plain_readers_see_the_rows_without_project_code(written):

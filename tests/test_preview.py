@@ -79,8 +79,11 @@ def test_unknown_key_is_a_usage_error(job_output, tmp_path, capsys):
 
 
 def test_keys_become_safe_file_names():
-    assert safe_name("shard-1a2b.videos/clip 01.0003") == "shard-1a2b.videos_clip_01.0003"
-    assert "/" not in safe_name("../../etc/passwd")
+    """A clip key's folders are joined by '_'; a key outside the key grammar is escaped first."""
+    assert safe_name("shard-1a2b.videos/clip_01.0003") == "shard-1a2b.videos_clip_01.0003"
+    assert safe_name("shard-1a2b.videos/clip 01.0003").startswith("shard-1a2b.videos_clip_01.0003~")
+    hostile = safe_name("../../etc/passwd")
+    assert "/" not in hostile and not hostile.startswith(".")
 
 
 def test_ls_lists_every_clip_with_its_token_shape(job_output, capsys):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.readers.decode import VideoError, VideoInfo, frame_reader, probe
-from schemas.jobspec import ClipSpec
+from pipeline.readers.decode import Media, VideoError, VideoInfo, frame_reader, probe
+from schemas.jobspec import ClipSpec, LimitSpec
 
 _EPS = 1e-6  # guards floor() against float error on exact multiples (30000/1001 fps and such)
 
@@ -113,16 +113,18 @@ class VideoDone:
     duration: float  # seconds of video, from the container or the frames seen
 
 
-def cut_clips(data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
+def cut_clips(data: Media, spec: ClipSpec, limits: LimitSpec | None = None) -> Iterator[DecodedClip | VideoDone]:
     """Decode `data` and yield its clips in order, then one VideoDone. Raises VideoError."""
-    info = probe(data)
+    limits = limits or LimitSpec()
+    info = probe(data, limits.max_frame_pixels)
     plan = ClipPlan.build(spec, info)
+    wanted = frame_budget(plan, limits.max_frames)
     size = scaled_size(info.width, info.height, spec.resolution)
     reader = frame_reader(spec.decoder)
     window: dict[int, np.ndarray] = {}  # sampled index -> cropped frame [H, W, 3], pending clips only
     emitted, delivered, last_src = 0, 0, -1
     src_to_js = _sampled_of(plan)
-    for src, frame in reader(data, info, plan.wanted_sources(), size):
+    for src, frame in reader(data, info, wanted, size):
         delivered += 1
         last_src = src
         cropped = center_crop(frame, spec.resolution)
@@ -140,6 +142,27 @@ def cut_clips(data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
         raise VideoError("decode", "NoFrames", "the decoder produced no frames")
     duration = info.duration or (last_src + 1) / info.fps
     yield VideoDone(emitted, delivered, duration)
+
+
+def frame_budget(plan: ClipPlan, max_frames: int) -> Iterator[int]:
+    """The plan's wanted source indices, refused past `max_frames` source frames: before any
+    decoding when the container's frame count shows the plan needs more, else on reaching it."""
+    clips = plan.expected_clips()
+    clips = plan.max_clips if clips is None else clips
+    if clips:
+        last = plan.source_index((clips - 1) * plan.stride + plan.num_frames - 1)
+        if last >= max_frames:
+            raise VideoError("decode", "TooManyFrames", f"the clips need {last + 1} source frames "
+                             f"(the container has {plan.src_frames}), over limits.max_frames ({max_frames})")
+    return _bounded(plan.wanted_sources(), max_frames)
+
+
+def _bounded(wanted: Iterator[int], max_frames: int) -> Iterator[int]:
+    for src in wanted:
+        if src >= max_frames:
+            raise VideoError("decode", "TooManyFrames", f"decoding reached source frame {src + 1}, "
+                             f"over limits.max_frames ({max_frames})")
+        yield src
 
 
 def _sampled_of(plan: ClipPlan):

@@ -4,6 +4,12 @@ Two backends behind one function shape, chosen by `clips.decoder`:
 
     iter_frames(data, info, wanted, size) -> Iterator[(source_index, frame uint8 [h, w, 3])]
 
+`data` is a `Media`: the member's bytes, or the path of the temporary file a large member was
+spooled to (pipeline.readers.tar_stream). FFmpeg may only pick a demuxer from `CONTAINERS`, and
+a member whose first bytes are text is refused before any demuxer sees it: playlists and
+manifests (hls, concat, dash, sdp) open the files or sockets named inside them, which would let
+a hostile sample read local files or reach the network (docs/threat-model.md).
+
 `wanted` is an increasing iterator of source frame indices; frames in between are decoded (a
 codec needs them) but never converted to RGB, which is where most of the per-frame cost is.
 `size` = (width, height) of the output: scaling happens inside swscale during the colour
@@ -20,6 +26,7 @@ import bisect
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +38,13 @@ MAX_SIDE = 8192
 MAX_ASPECT = 16.0
 SEEK_GAP = 32  # decord: frames to skip before a keyframe seek is considered
 MAX_FPS = 240.0  # above this a container's average rate is taken to be a broken timeline
+DEFAULT_MAX_PIXELS = 8192 * 4320  # limits.max_frame_pixels
+# demuxers (FFmpeg names) allowed to open a member: containers and elementary video streams
+CONTAINERS = "mov,matroska,avi,mpegts,flv,asf,ogg,mpeg,mpegvideo,yuv4mpegpipe,h264,hevc,m4v"
+TEXT_HEAD = 64  # bytes that must not all be text
+_TEXT_BYTES = frozenset(range(32, 127)) | frozenset(b"\t\r\n")
+
+Media = bytes | str  # a member's bytes, or the path of the file it was spooled to
 
 
 class VideoError(Exception):
@@ -50,6 +64,7 @@ class VideoInfo:
     num_frames: int | None  # from the container; None when it does not say (e.g. WebM)
     duration: float | None  # seconds
     codec: str
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the width x height bound every frame is held to
 
 
 def _av_error_types() -> tuple[type[BaseException], ...]:
@@ -58,12 +73,33 @@ def _av_error_types() -> tuple[type[BaseException], ...]:
     return (av.error.FFmpegError, UnicodeDecodeError)
 
 
-def _check_dimensions(width: int, height: int) -> None:
+def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
     lo, hi = min(width, height), max(width, height)
     if lo < MIN_SIDE or hi > MAX_SIDE or hi / lo > MAX_ASPECT:
         raise VideoError("decode", "AbsurdDimensions",
                          f"frame size {width}x{height} is outside {MIN_SIDE}..{MAX_SIDE} px "
                          f"or aspect ratio {MAX_ASPECT}")
+    if width * height > max_pixels:
+        raise VideoError("decode", "FrameTooLarge",
+                         f"frame size {width}x{height} is over limits.max_frame_pixels ({max_pixels})")
+
+
+def _check_head(data: Media) -> None:
+    if isinstance(data, bytes):
+        head = data[:TEXT_HEAD]
+    else:
+        with open(data, "rb") as fh:
+            head = fh.read(TEXT_HEAD)
+    if head and not head.startswith(b"YUV4MPEG2 ") and _TEXT_BYTES.issuperset(head):
+        raise VideoError("decode", "NotAContainer",
+                         "the member starts with text (a playlist or manifest?), not a video container")
+
+
+def _open(data: Media) -> Any:
+    import av
+
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return av.open(source, mode="r", container_options={"format_whitelist": CONTAINERS})
 
 
 def _frame_rate(stream) -> float:
@@ -75,14 +111,13 @@ def _frame_rate(stream) -> float:
     return 0.0
 
 
-def probe(data: bytes) -> VideoInfo:
+def probe(data: Media, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     """Container facts of the first video stream; VideoError for anything that cannot be decoded."""
-    import av
-
     if not data:
         raise VideoError("read", "EmptyFile", "video member has zero bytes")
+    _check_head(data)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with _open(data) as container:
             if not container.streams.video:
                 raise VideoError("decode", "NoVideoStream", "the file has no video stream (audio only?)")
             stream = container.streams.video[0]
@@ -95,16 +130,16 @@ def probe(data: bytes) -> VideoInfo:
             duration = frames / fps if frames and fps else None
             if duration is None and container.duration:
                 duration = container.duration / 1_000_000
-            info = VideoInfo(width, height, fps, frames, duration, ctx.name)
+            info = VideoInfo(width, height, fps, frames, duration, ctx.name, max_pixels)
     except _av_error_types() as exc:
         raise VideoError("decode", "InvalidData", f"cannot open video: {exc}") from None
-    _check_dimensions(info.width, info.height)
+    _check_dimensions(info.width, info.height, max_pixels)
     if not info.fps:
         raise VideoError("decode", "UnknownFrameRate", "neither the timestamps nor the codec give a usable frame rate")
     return info
 
 
-def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
+def pyav_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
                 size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
     """PyAV backend: sequential decode in one thread, RGB + resize only for wanted frames.
 
@@ -113,14 +148,13 @@ def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
     scaled YUV->RGB pass runs swscale's slow generic path, and `frame.reformat` rebuilds its
     context (filter tables) on every call: together ~1.5x slower here (docs/data.md).
     """
-    import av
     from av.video.reformatter import VideoReformatter
 
     scale, to_rgb = VideoReformatter(), VideoReformatter()
     want = iter(wanted)
     target = next(want, None)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with _open(data) as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # one core per worker: parallelism comes from processes
             for index, frame in enumerate(container.decode(stream)):
@@ -142,7 +176,7 @@ def pyav_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
 def _check_frame_size(width: int, height: int, info: VideoInfo) -> None:
     # a stream may change resolution mid-way; the probe's bounds must hold for every frame
     if (width, height) != (info.width, info.height):
-        _check_dimensions(width, height)
+        _check_dimensions(width, height, info.max_pixels)
 
 
 class _Bytes:
@@ -155,14 +189,15 @@ class _Bytes:
         return self._data
 
 
-def decord_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
+def decord_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
                   size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
     """decord backend (threads=1): next() for wanted frames; across a gap, seek when a keyframe
     lies inside it (decoding restarts there), else skip_frames (decoded, never converted)."""
     import decord
 
     try:
-        reader = decord.VideoReader(_Bytes(data), ctx=decord.cpu(0), width=size[0], height=size[1],
+        source = _Bytes(data) if isinstance(data, bytes) else data
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), width=size[0], height=size[1],
                                     num_threads=1)
         total, position = len(reader), 0
         keys: list[int] | None = None
@@ -188,7 +223,7 @@ def decord_frames(data: bytes, info: VideoInfo, wanted: Iterable[int],
         raise VideoError("decode", "DecodeError", f"decord: {str(exc).splitlines()[0][:300]}") from None
 
 
-FrameReader = Callable[[bytes, VideoInfo, Iterable[int], tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+FrameReader = Callable[[Media, VideoInfo, Iterable[int], tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
 BACKENDS: dict[str, FrameReader] = {"pyav": pyav_frames, "decord": decord_frames}
 
 

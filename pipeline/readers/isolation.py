@@ -3,7 +3,8 @@
 decord and FFmpeg are C/C++; a bad file can segfault them, and in a job the process doing the
 decoding is a Ray worker that also talks to the tokenizer actors. `DecodeWorker` keeps one
 child process (`python -m pipeline.readers.isolation`, a fresh interpreter: no fork of a threaded Ray
-worker) for a whole shard and sends it one video at a time; clips stream back over a pipe as
+worker) for a whole shard and sends it one video at a time (a small header, then the bytes
+unpickled, or the path of the file a large member was spooled to); clips stream back over a pipe as
 they are cut. A child that dies (signal, abort, OOM kill) or stops answering becomes a
 VideoError("decode", "DecoderCrashed" | "DecoderTimeout") for that sample only, and the next
 sample starts a new child.
@@ -28,14 +29,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
-from pipeline.readers.decode import VideoError
-from schemas.jobspec import ClipSpec
+from pipeline.readers.decode import Media, VideoError
+from schemas.jobspec import ClipSpec, LimitSpec
 
 CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
 HANG_ENV = "TOKENMILL_TEST_DECODER_HANG_KEY"
-# seconds the parent waits for the next message from the child before declaring it hung; a
-# single 17-frame clip of 8K video decodes in well under this on one core
-DEFAULT_TIMEOUT_S = 300.0
+# seconds the parent waits for the next message from the child before declaring it hung
+# (limits.decode_timeout_s); a single 17-frame clip of 8K video decodes in well under this on one core
+DEFAULT_TIMEOUT_S = LimitSpec().decode_timeout_s
 SOCKET_BUFFER = 4 * 1024 * 1024
 _REPO = str(Path(__file__).resolve().parents[1])
 
@@ -105,11 +106,15 @@ class DecodeWorker:
             return f"killed by signal {signal.Signals(-code).name}"
         return f"exited with status {code}"
 
-    def cut_clips(self, key: str, data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
+    def cut_clips(self, key: str, data: Media, spec: ClipSpec,
+                  limits: LimitSpec | None = None) -> Iterator[DecodedClip | VideoDone]:
         """Like clips.cut_clips, in the child. Raises VideoError, including for a crashed child."""
         conn = self._conn or self._start()
         try:
-            conn.send((key, data, spec))
+            path = data if isinstance(data, str) else None
+            conn.send((key, path, spec, limits or LimitSpec()))
+            if not isinstance(data, str):
+                conn.send_bytes(data)  # no pickled copy of the video on either side
         except OSError:
             raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
         finished = False
@@ -146,18 +151,20 @@ class DecodeWorker:
 
 
 def _serve(conn: Connection) -> None:
-    """Child loop: one request (key, bytes, spec) at a time until the parent sends None."""
+    """Child loop: one request (key, path or None, spec, limits) at a time, the bytes after it
+    when the path is None, until the parent sends None."""
     while True:
         request: Any = conn.recv()
         if request is None:
             return
-        key, data, spec = request
+        key, path, spec, limits = request
+        data: Media = conn.recv_bytes() if path is None else path
         if os.environ.get(CRASH_ENV) == key:
             os.kill(os.getpid(), signal.SIGSEGV)
         if os.environ.get(HANG_ENV) == key:
             time.sleep(3600)
         try:
-            for item in cut_clips(data, spec):
+            for item in cut_clips(data, spec, limits):
                 if isinstance(item, VideoDone):
                     conn.send(("done", item))
                 else:

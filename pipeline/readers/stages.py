@@ -1,16 +1,19 @@
 """One shard in, clips and dead letters out: the data plane's entry point for jobs.
 
-    iter_shard(url, clips, storage_options, stats) -> Iterator[Clip | DeadLetter]
+    iter_shard(url, clips, storage_options, stats, limits=LimitSpec()) -> Iterator[Clip | DeadLetter]
 
 Accounting rules (every sample is exactly one of ok / failed; `stats` is updated in place):
 - a sample that yields at least one clip, or is merely too short for one, is ok;
-- a sample with no video member, an unreadable video or a crashed decoder is failed, with one
-  DeadLetter (stage, error_type) and `stats.failures[reason]` counted;
+- a sample with no video member, an unreadable video, a crashed decoder or a member over one
+  of `limits` is failed, with one DeadLetter (stage, error_type) and `stats.failures[reason]`;
 - a decode error after some clips were already yielded keeps the sample ok (those clips are
   real frames) and counts the note "decode_error_after_clips";
 - a broken JSON sidecar keeps the clips with meta None and counts the note "bad_sidecar";
-- a damaged tar stream ends the shard: a DeadLetter(stage="shard", sample_key="") and
-  `stats.shard_error` set, after the samples before the damage were processed.
+- a damaged tar stream, or a shard of more than `limits.max_samples_per_shard` samples, ends the
+  shard: a DeadLetter(stage="shard", sample_key="") and `stats.shard_error` set, after the
+  samples before it were processed.
+Every Clip and DeadLetter carries `source_member`, the member's name as the shard spells it;
+its `sample_key` is `pipeline.records.safe_key` of the shard's key.
 Infrastructure errors are raised, always as OSError (storage-client exceptions of other types,
 such as botocore's connection errors, are wrapped in `ShardReadError(OSError)`): the caller
 retries the shard. They are never turned into dead letters.
@@ -27,17 +30,18 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
-from pipeline.readers.decode import VideoError
+from pipeline.readers.decode import Media, VideoError
 from pipeline.readers.isolation import DecodeWorker
 from pipeline.readers.sources import ShardReadError, open_url
 from pipeline.readers.tar_stream import CorruptShard, iter_samples, video_member
 from pipeline.records import Clip, DeadLetter, Sample, ShardStats, clip_key, shard_id
-from schemas.jobspec import ClipSpec
+from schemas.jobspec import ClipSpec, LimitSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEXT_SIDECARS = ("txt", "text", "caption", "cls")
+MAX_MESSAGE = 1000  # characters of a dead letter's message (a decoder may echo hostile bytes)
 
 
 class _InProcess:
@@ -45,19 +49,22 @@ class _InProcess:
 
     restarts = 0
 
-    def cut_clips(self, key: str, data: bytes, spec: ClipSpec) -> Iterator[DecodedClip | VideoDone]:
-        return cut_clips(data, spec)
+    def cut_clips(self, key: str, data: Media, spec: ClipSpec,
+                  limits: LimitSpec | None = None) -> Iterator[DecodedClip | VideoDone]:
+        return cut_clips(data, spec, limits)
 
 
 def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
-               isolate: bool = True) -> Iterator[Clip | DeadLetter]:
+               isolate: bool = True, limits: LimitSpec | None = None) -> Iterator[Clip | DeadLetter]:
     """Stream one shard and yield its clips and dead letters in order (see the module doc)."""
     sid = shard_id(url)
+    limits = limits or LimitSpec()
     seen: set[str] = set()
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(_infrastructure_errors(url, open_url, url, storage_options))
-        decoder = stack.enter_context(DecodeWorker()) if isolate else _InProcess()
-        samples = iter_samples(stream, url)
+        decoder = stack.enter_context(DecodeWorker(limits.decode_timeout_s)) if isolate else _InProcess()
+        samples = iter_samples(stream, url, limits)
+        stack.callback(samples.close)  # removes the spooled files of a shard left early
         while True:
             started = time.perf_counter()
             try:
@@ -71,7 +78,12 @@ def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: S
                 _add_seconds(stats, "read", started)
             if sample is None:
                 return
-            yield from _sample_clips(sample, sid, clips, stats, decoder, seen)
+            if stats.samples_total >= limits.max_samples_per_shard:
+                message = f"more than limits.max_samples_per_shard ({limits.max_samples_per_shard}) samples"
+                stats.shard_error = f"TooManySamples: {message}"
+                yield DeadLetter(url, "", "shard", "TooManySamples", message)
+                return
+            yield from _sample_clips(sample, sid, clips, stats, decoder, seen, limits)
 
 
 def _infrastructure_errors(url: str, func: Callable[..., T], *args: Any) -> T:
@@ -91,24 +103,27 @@ def _add_seconds(stats: ShardStats, stage: str, started: float) -> None:
 
 
 def _fail(sample: Sample, stats: ShardStats, stage: str, error_type: str, message: str) -> DeadLetter:
-    letter = DeadLetter(sample.source_url, sample.key, stage, error_type, message)
+    letter = DeadLetter(sample.source_url, sample.key, stage, error_type, message[:MAX_MESSAGE],
+                        sample.source_member(video_member(sample)))
     stats.samples_failed += 1
     stats.failures[letter.reason] += 1
     return letter
 
 
 def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
-                  seen: set[str]) -> Iterator[Clip | DeadLetter]:
+                  seen: set[str], limits: LimitSpec) -> Iterator[Clip | DeadLetter]:
     stats.samples_total += 1
     ext = video_member(sample)
     if sample.key in seen:
         yield _fail(sample, stats, "read", "DuplicateKey", "the key appears twice in this shard")
+    elif sample.refusal is not None:
+        yield _fail(sample, stats, "read", *sample.refusal)
     elif ext is None:
-        members = ", ".join(sorted(sample.members)) or "none"
+        members = ascii(", ".join(sorted(sample.members)) or "none")
         yield _fail(sample, stats, "read", "NoVideoMember", f"no video member (members: {members})")
     else:
         meta, bad_sidecar = _meta(sample)
-        produced = yield from _decoded_clips(sample, ext, sid, spec, stats, decoder, meta)
+        produced = yield from _decoded_clips(sample, ext, sid, spec, stats, decoder, meta, limits)
         if produced is not None:  # the sample is ok: count its notes
             stats.samples_ok += 1
             if bad_sidecar:
@@ -119,10 +134,11 @@ def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, d
 
 
 def _decoded_clips(sample: Sample, ext: str, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
-                   meta: str | None) -> Generator[Clip | DeadLetter, None, int | None]:
+                   meta: str | None, limits: LimitSpec) -> Generator[Clip | DeadLetter, None, int | None]:
     """Yield the sample's clips (or its one dead letter); return the clip count, None if failed."""
     produced = 0
-    items = iter(decoder.cut_clips(sample.key, sample.members[ext], spec))
+    data = sample.members[ext] if ext in sample.members else sample.files[ext]
+    items = iter(decoder.cut_clips(sample.key, data, spec, limits))
     while True:
         started = time.perf_counter()
         try:
@@ -146,7 +162,7 @@ def _decoded_clips(sample: Sample, ext: str, sid: str, spec: ClipSpec, stats: Sh
         stats.clips += 1
         stats.frames += item.frames.shape[0]
         yield Clip(clip_key(sid, sample.key, item.index), sample.source_url, sample.key, item.index,
-                   item.start_frame, item.fps, item.frames, meta)
+                   item.start_frame, item.fps, item.frames, meta, sample.source_member(ext))
 
 
 def _meta(sample: Sample) -> tuple[str | None, bool]:

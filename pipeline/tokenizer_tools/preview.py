@@ -8,7 +8,7 @@ original frames from the source shard with the job's clip settings, and writes
                             reconstruction below, each reconstructed frame labelled with its PSNR
     DIR/<KEY>.mp4           the reconstruction as H.264 at the clip's frame rate
 
-'/' and other characters unsafe in file names are replaced by '_' in <KEY>. The source shard is
+<KEY> is `pipeline.records.safe_key` of the key with '/' as '_' (a flat, safe file name). The source shard is
 read with the storage options given by --storage-option (job.json never stores their values).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,10 @@ LABEL_HEIGHT = 16  # pixels of caption strip under each frame
 
 
 def safe_name(key: str) -> str:
-    """A file-name-safe form of a clip key."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip(".") or "clip"
+    """A flat file name for a clip key: the key grammar's form of it, folders joined by '_'."""
+    from pipeline.records import safe_key
+
+    return safe_key(key).replace("/", "_")
 
 
 def read_token_row(output: str, key: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class ShardWriter:
         self._errors.append({
             "source_url": dead.source_url, "sample_key": dead.sample_key, "stage": dead.stage,
             "error_type": dead.error_type, "reason": dead.reason, "message": dead.message,
+            "source_member": dead.source_member,
         })
 
     def _check_open(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.records import safe_key
 from schemas.errors import error_schema
 from schemas.tokens import MAX_VOCAB_SIZE, ROW_GROUP_BYTES, ROW_GROUP_ROWS, Kind, token_schema
 
@@ -27,7 +28,7 @@ from schemas.tokens import MAX_VOCAB_SIZE, ROW_GROUP_BYTES, ROW_GROUP_ROWS, Kind
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 3,
-    "use_dictionary": ["key", "source_url", "sample_key", "tokenizer", "meta", "latent_dtype"],
+    "use_dictionary": ["key", "source_url", "sample_key", "tokenizer", "meta", "latent_dtype", "source_member"],
     "use_byte_stream_split": ["tokens.list.element"],
     "write_statistics": ["key", "clip_index", "start_frame", "sample_key"],
 }
@@ -47,6 +48,7 @@ class ClipInfo:
     height: int
     width: int
     meta: str | None = None
+    source_member: str | None = None  # the video's member name as the input shard spells it
 
     @classmethod
     def from_clip(cls, clip: Any) -> ClipInfo:
@@ -62,6 +64,7 @@ class ClipInfo:
             key=clip.key, source_url=clip.source_url, sample_key=clip.sample_key,
             clip_index=int(clip.clip_index), start_frame=int(clip.start_frame), num_frames=num_frames,
             fps=float(clip.fps), height=height, width=width, meta=clip.meta,
+            source_member=getattr(clip, "source_member", None),
         )
 
 
@@ -170,7 +173,9 @@ class TarTokenFile:
     """WebDataset tar: per clip `<wkey>.npy` (ids or latent) + `<wkey>.json` (the row's other fields).
 
     WebDataset splits a sample key at the first '.', and clip keys contain dots, so the member
-    key is `<sample_key>_<clip_index:04d>`; the full clip key is in the `.json`.
+    key is `<sample_key>_<clip_index:04d>`; the full clip key is in the `.json`. The sample key
+    goes through `safe_key` (unchanged for keys the reader made), so no member name can escape
+    the folder the tar is extracted into.
     """
 
     def __init__(self, path: str, kind: Kind, metadata: dict[str, str]):
@@ -191,7 +196,7 @@ class TarTokenFile:
             row["latent_dtype"] = enc.dtype
         npy = io.BytesIO()
         np.save(npy, enc.array, allow_pickle=False)
-        member = f"{info.sample_key}_{info.clip_index:04d}"
+        member = f"{safe_key(info.sample_key)}_{info.clip_index:04d}"
         self._add_member(f"{member}.npy", npy.getvalue())
         self._add_member(f"{member}.json", json.dumps(row, sort_keys=True).encode())
         self.rows += 1
