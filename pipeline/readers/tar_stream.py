@@ -120,6 +120,15 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
+def _check_trailer(stream: BinaryIO) -> None:
+    """Only zeros may follow the end-of-archive marker. Anything else means a damaged size field
+    (checksum intact) sent the parser into a run of zeros inside the data: members after it
+    would be lost without a word."""
+    while chunk := stream.read(CHUNK):
+        if chunk.count(0) != len(chunk):
+            raise CorruptShard("CorruptShard", "data after the end-of-archive marker (a damaged size field?)")
+
+
 def iter_members(stream: BinaryIO) -> Iterator[TarMember]:
     """Each regular file in a tar stream, in order. Raises CorruptShard on damage."""
     long_name: str | None = None
@@ -130,7 +139,8 @@ def iter_members(stream: BinaryIO) -> Iterator[TarMember]:
         if len(header) < BLOCK:
             raise CorruptShard("TruncatedShard", "stream ended inside a tar header")
         if header == b"\0" * BLOCK:
-            return  # end-of-archive marker
+            _check_trailer(stream)  # end-of-archive marker
+            return
         if not _checksum_ok(header):
             raise CorruptShard("CorruptShard", "tar header checksum mismatch")
         try:
