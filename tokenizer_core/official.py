@@ -7,7 +7,10 @@ under `inv_quant.quantizer.*`, plus non-persistent buffers (Haar filters, FSQ ta
 rebuild and only compare. `load_official` maps them into `CosmosTokenizer` with strict checking;
 `JitTokenizer` runs the TorchScript files as they are (backend="jit").
 
-Loading a .jit file executes the TorchScript code stored in it: load only files you trust.
+`torch.jit.load` runs TorchScript code stored in the file (its `__setstate__` methods, and the
+compiled program itself when called), so the native path never calls it: the tensors are read
+as data (`tokenizer_core.jit_weights`). backend="jit" does load the files as TorchScript: use it
+only for files you trust (docs/threat-model.md).
 `export_official_jit` writes the same three files from a native model (tests, benchmarks).
 """
 
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from torch import nn
 from tokenizer_core.checkpoint import load_state_strict, state_dict_hash
 from tokenizer_core.config import TokenizerConfig
 from tokenizer_core.fsq import FSQuantizer
+from tokenizer_core.jit_weights import jit_state_dict
 from tokenizer_core.model import CosmosTokenizer
 from tokenizer_core.variants import infer_config
 
@@ -48,7 +54,12 @@ def official_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     if not found:
         raise FileNotFoundError(f"{folder}: none of {', '.join(FILES)}")
     for fname in found:
-        for key, value in _jit_load(folder / fname).state_dict().items():
+        try:
+            state = jit_state_dict(folder / fname)
+        except (ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"{folder / fname}: its weights cannot be read without running it as TorchScript "
+                             f"({exc}); backend='jit' runs it (only for files you trust)") from exc
+        for key, value in state.items():
             key = key.removeprefix("inv_quant.")
             if key in merged and merged[key].shape != value.shape:
                 raise ValueError(f"{folder}: {fname} and another file disagree on the shape of {key}")
