@@ -88,3 +88,11 @@ def test_a_data_pkl_naming_any_other_callable_is_refused_before_it_runs(official
     assert not canary.exists()
     pickle.loads(payload)  # the same bytes through plain pickle: the copy happens
     assert canary.read_text() == "s3cret"
+
+
+def test_official_weights_kept_as_safetensors_load_back_identical(official_folder, tmp_path):
+    """The pure-data copy the threat model recommends: native load, save as .safetensors, reload."""
+    tok = tokenizer_core.from_pretrained(official_folder)
+    path = tokenizer_core.save_checkpoint(tok, tmp_path / "tiny.safetensors")
+    again = tokenizer_core.from_pretrained(str(path))
+    assert again.weights_hash == tok.weights_hash and again.config == tok.config
