@@ -140,19 +140,21 @@ def test_nested_checks_are_named_from_where_the_section_sits():
         from_dict(TrainConfig, {"data": {"shards": "a"}, "model": {"name": "x"}, "output_dir": "o", "steps": 0})
 
 
-def test_fingerprint_and_job_json_unchanged_by_the_pydantic_models():
-    """The digest and the redacted spec are those the dataclass loader produced: old outputs still resume."""
+def test_fingerprint_and_job_json_are_pinned():
+    """The digest and the redacted spec of a fixed spec: a change to either is deliberate. (It was
+    unchanged by the pydantic models; token/error schema version 2, adding `source_member`,
+    changed the digest, so outputs written before it are refused on resume, as they should be.)"""
     data = {"input": {"shards": "a-{000000..000003}.tar", "storage_options": {"key": "K"}},
             "tokenizer": {"name": "DV4x8x8-mill", "dtype": "bfloat16"}, "output": {"uri": "/tmp/out"},
             "clips": {"num_frames": 9, "fps": 8, "stride": 4, "resolution": [128, 64]}}
     spec = parse_job_spec(data, "/tmp")
     fingerprint = job_fingerprint(spec, {"vocab_size": 64000, "channels": 8}, "ab" * 32)
-    assert fingerprint["digest"] == "20a26e0a6117f591271d4f67407f0bc81371f2b57cd8e9daf1364c639766d788"
+    assert fingerprint["digest"] == "626e1348c97ec74fa7cd02559f2c6c68a1b4e1b9051782402a7797e61bf484b2"
     written = spec.redacted()
     assert json.loads(json.dumps(written)) == written  # plain JSON: lists, not tuples
     assert written["clips"] == {"num_frames": 9, "fps": 8.0, "stride": 4, "max_clips_per_video": None,
                                 "resolution": [128, 64], "decoder": "decord"}
-    assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries"]
+    assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries", "limits"]
 
 
 def test_json_schema_accepts_the_examples_and_rejects_an_unknown_key():
