@@ -130,6 +130,6 @@ def test_output_folder_loads_as_a_dataset(finished, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     card = (out / "README.md").read_text()
     assert "path: tokens/*.parquet" in card and f"| clips | {read_summary(out)['clips_written']} |" in card
-    ds = datasets.load_dataset(str(out), split="train")
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == read_summary(out)["clips_written"]
     assert sorted(ds["key"]) == sorted(read_tokens(out))

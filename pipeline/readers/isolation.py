@@ -37,6 +37,7 @@ HANG_ENV = "TOKENMILL_TEST_DECODER_HANG_KEY"
 # seconds the parent waits for the next message from the child before declaring it hung
 # (limits.decode_timeout_s); a single 17-frame clip of 8K video decodes in well under this on one core
 DEFAULT_TIMEOUT_S = LimitSpec().decode_timeout_s
+STARTUP_TIMEOUT_S = 120.0  # a decoder child that is not up by then is treated as crashed
 SOCKET_BUFFER = 4 * 1024 * 1024
 _REPO = str(Path(__file__).resolve().parents[1])
 
@@ -71,8 +72,18 @@ class DecodeWorker:
             pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
         )
         child_sock.close()
-        self._conn = Connection(parent_sock.detach())
-        return self._conn
+        conn = Connection(parent_sock.detach())
+        # the decode timeout is for decoding: a child's start (interpreter, numpy, PyAV, pydantic
+        # imports) can take seconds on a loaded node, so it says when it is ready
+        try:
+            ready = conn.poll(STARTUP_TIMEOUT_S) and conn.recv() == ("ready", None)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            conn.close()
+            raise VideoError("decode", "DecoderCrashed", f"decoder process did not start ({self._kill()})")
+        self._conn = conn
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -153,6 +164,7 @@ class DecodeWorker:
 def _serve(conn: Connection) -> None:
     """Child loop: one request (key, path or None, spec, limits) at a time, the bytes after it
     when the path is None, until the parent sends None."""
+    conn.send(("ready", None))
     while True:
         request: Any = conn.recv()
         if request is None:
