@@ -75,7 +75,7 @@ def bench_tokenize(spec: JobSpec, clips: list[Clip], threads: int) -> float:
 
     settings = ActorSettings(spec.tokenizer.name, None, "random", spec.tokenizer.dtype, "cpu", 0, 1, threads)
     worker = TokenizerWorker(settings)
-    bs = spec.tokenizer.batch_size
+    bs = int(spec.tokenizer.batch_size)  # the benchmark always sets it
     worker.encode(np.stack([c.frames for c in clips[:bs]]))  # warm-up (first-call allocations)
     start = time.perf_counter()
     for i in range(0, len(clips), bs):

@@ -6,7 +6,13 @@
 
 An actor holds the model and nothing about shards: any actor can serve any batch, and a dead
 actor loses no output because the shard task that sent the batch sends it again. `TokenizerWorker`
-is a plain class (benchmarks use it in-process); `tokenizer_actor_class` wraps it for Ray.
+is a plain class (benchmarks and bench/gpu_check.py use it in-process); `tokenizer_actor_class`
+wraps it for Ray, with `batches_per_actor` encode calls at once so transfers overlap compute
+(jobs/batch_encoder.py).
+
+An actor that reserves a GPU runs on CUDA or not at all: with a CPU build of torch, or a node
+whose GPU torch cannot see, it reports one line saying so instead of tokenizing on one CPU
+thread while the GPU sits reserved and idle.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,19 +38,61 @@ class ActorSettings:
     name: str  # preset or bundled name (or a path to a checkpoint / official folder)
     checkpoint: str | None  # tokenizer.checkpoint: weights for the preset `name`
     init: str  # "pretrained" | "random"
-    dtype: str  # float32 | bfloat16 | float16
+    dtype: str  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     device: str  # "auto" | "cpu" | "cuda"
     num_gpus: float
     num_cpus: float
     torch_threads: int  # intra-op threads on CPU; the actor's CPU share would be too few
+    batches_per_actor: int = 3  # encode calls in flight (upload / compute / download overlap)
+    compile: bool = False  # tokenizer.compile: torch.compile the encode
+    tf32: bool = True  # tokenizer.tf32: fp32 on TF32 tensor cores (CUDA)
+    batch_size: int | None = None  # None: tokenizer.batch_size auto, probed at `clip_shape`
+    clip_shape: tuple[int, int, int] | None = None  # (T, H, W) of the job's clips
 
 
-def resolve_device(requested: str) -> str:
+class DeviceUnavailable(RuntimeError):
+    """The actor was asked for CUDA (explicitly, or by reserving a GPU) and torch cannot use it."""
+
+
+def cuda_problem() -> str | None:
+    """Why this process cannot run on CUDA (naming the torch build), or None if it can."""
     import torch
 
+    if torch.cuda.is_available():
+        return None
+    fix = "install a CUDA build of torch, or set tokenizer.device: cpu and resources.gpus_per_actor: 0"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} has no CUDA: {fix}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device{seen}: check the "
+            f"node's driver and GPU, or set tokenizer.device: cpu and resources.gpus_per_actor: 0")
+
+
+def actor_device(requested: str, num_gpus: float) -> str:
+    """The device an actor with `num_gpus` GPUs runs on: auto = cuda exactly when it reserves one."""
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if num_gpus > 0 else "cpu"
     return requested
+
+
+def resolve_device(requested: str, num_gpus: float = 0.0) -> str:
+    """`actor_device`, checked: raises DeviceUnavailable for cuda that torch cannot use."""
+    device = actor_device(requested, num_gpus)
+    if device == "cuda":
+        problem = cuda_problem()
+        if problem:
+            raise DeviceUnavailable(problem)
+    elif num_gpus > 0:
+        log.warning("tokenizer.device is cpu but the actor reserves %.2f GPU: that GPU stays idle", num_gpus)
+    return device
+
+
+def resolve_dtype_name(dtype: str, device: str) -> str:
+    """tokenizer.dtype: auto -> bfloat16 on CUDA, float32 on CPU."""
+    if dtype == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
 
 
 def load_tokenizer(name: str, init: str, device: str, dtype: str, checkpoint: str | None = None) -> Any:
@@ -54,7 +101,7 @@ def load_tokenizer(name: str, init: str, device: str, dtype: str, checkpoint: st
 
     import tokenizer_core
 
-    torch_dtype = getattr(torch, _TORCH_DTYPES[dtype])
+    torch_dtype = getattr(torch, _TORCH_DTYPES[resolve_dtype_name(dtype, device)])
     if device == "cpu" and torch_dtype == torch.float16:
         # fp16 convolutions are not implemented on CPU for every op; run fp32 instead of failing
         log.warning("tokenizer.dtype=float16 is not supported on CPU; using float32")
@@ -64,16 +111,23 @@ def load_tokenizer(name: str, init: str, device: str, dtype: str, checkpoint: st
 
 
 class TokenizerWorker:
-    """Holds one tokenizer; `encode` is the only call on the data path."""
+    """Holds one tokenizer; `encode` is the only call on the data path (thread-safe)."""
 
     def __init__(self, settings: ActorSettings):
         import torch
 
+        from jobs.batch_encoder import BatchEncoder, EncodeOptions, probe_batch_size
+
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.device = resolve_device(settings.device, settings.num_gpus)
         if self.device == "cpu":
             torch.set_num_threads(max(1, settings.torch_threads))
         self.tok = load_tokenizer(settings.name, settings.init, self.device, settings.dtype, settings.checkpoint)
+        self.encoder = BatchEncoder(self.tok, EncodeOptions(self.device, max(1, settings.batches_per_actor),
+                                                            settings.compile, settings.tf32))
+        self.batch_size, self.batch_probe = settings.batch_size, None
+        if self.batch_size is None:
+            self.batch_size, self.batch_probe = probe_batch_size(self.encoder, settings.clip_shape or (17, 256, 256))
         self._lock = threading.Lock()  # guards the counters read by `stats` from another thread
         self._created = time.monotonic()
         self._busy = 0.0
@@ -85,29 +139,12 @@ class TokenizerWorker:
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """frames uint8 [B, T, H, W, 3] -> ids int64 [B, t, h, w] or latents float32 [B, c, t, h, w]."""
-        import torch
-
-        start = time.monotonic()
-        with warnings.catch_warnings():
-            # arrays from Ray's object store are read-only; we only read them (the float copy
-            # below is a new tensor), so torch's non-writable warning does not apply
-            warnings.simplefilter("ignore", UserWarning)
-            host = torch.from_numpy(np.ascontiguousarray(frames))
-        if self.device == "cuda":
-            # pinned memory lets the copy overlap with work already queued on the GPU
-            host = host.pin_memory()
-        with torch.inference_mode():
-            x = host.to(self.device, non_blocking=True)
-            # uint8 -> [-1, 1] on the device: [B,T,H,W,3] -> [B,3,T,H,W]; scaled in fp32, then cast
-            # to the model's dtype (bf16 arithmetic on the pixel values would add its own rounding)
-            video = x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(self.tok.dtype)
-            out = self.tok.encode(video)
-            result = out.cpu().numpy() if out.dtype == torch.int64 else out.float().cpu().numpy()
-        self._account(start, frames.shape, result)
+        result, timing = self.encoder.encode_timed(frames)
+        self._account(timing.compute_s, frames.shape, result)
         return result
 
-    def _account(self, start: float, shape: tuple[int, ...], result: np.ndarray) -> None:
-        busy = time.monotonic() - start
+    def _account(self, busy: float, shape: tuple[int, ...], result: np.ndarray) -> None:
+        """`busy`: the batch's compute time on the device (calls overlap, so not their wall time)."""
         tokens = int(result.size) if self.tok.config.discrete else int(result[0, 0].size * shape[0])
         with self._lock:
             self._busy += busy
@@ -123,16 +160,19 @@ class TokenizerWorker:
             tokens_c.inc(tokens)
 
     def stats(self) -> dict[str, Any]:
-        """Counters since this actor (incarnation) started; busy = seconds spent in encode."""
+        """Counters since this actor (incarnation) started; busy = seconds the device spent encoding."""
         with self._lock:
             alive = time.monotonic() - self._created
             return {
                 "pid": os.getpid(),
                 "node_id": _node_id(),
                 "device": self.device,
+                "dtype": str(self.tok.dtype).removeprefix("torch."),
+                "batch_size": self.batch_size,
+                "oom_splits": self.encoder.splitter.splits,
                 "busy_s": self._busy,
                 "alive_s": alive,
-                "busy_fraction": self._busy / alive if alive > 0 else 0.0,
+                "busy_fraction": min(1.0, self._busy / alive) if alive > 0 else 0.0,
                 "batches": self._batches,
                 "clips": self._clips,
                 "frames": self._frames,
@@ -140,7 +180,8 @@ class TokenizerWorker:
             }
 
     def config(self) -> dict[str, Any]:
-        return {"config": self.tok.config.to_dict(), "weights_hash": self.tok.weights_hash}
+        return {"config": self.tok.config.to_dict(), "weights_hash": self.tok.weights_hash,
+                "batch_size": self.batch_size, "batch_probe": self.batch_probe}
 
 
 def _node_id() -> str | None:
@@ -173,8 +214,9 @@ def _actor_metrics() -> tuple[Any, Any, Any, Any] | None:
 def tokenizer_actor_class(settings: ActorSettings) -> Any:
     """The Ray actor class for `settings`: restarts on death; control calls never wait on encode.
 
-    `stats` runs in its own concurrency group so the driver's progress poll is answered while a
-    long encode is running; `encode` stays one-at-a-time per actor (one model, one device).
+    `encode` runs `batches_per_actor` calls at once (threads; the model's compute is serialised
+    inside, the copies overlap it). `stats` runs in its own concurrency group so the driver's
+    progress poll is answered while encodes are running.
     """
     import ray
 
@@ -187,15 +229,35 @@ def tokenizer_actor_class(settings: ActorSettings) -> Any:
         "num_gpus": settings.num_gpus,
         "max_restarts": -1,  # a dead actor comes back; callers resend the batch it lost
         "max_task_retries": 0,  # resending is the caller's job: it may pick another, live actor
+        "max_concurrency": max(1, settings.batches_per_actor),
         "concurrency_groups": {"control": 1},
     }
     return ray.remote(**options)(_RayTokenizerWorker)
 
 
 class _RayTokenizerWorker(TokenizerWorker):
-    """Same worker; `stats`/`config`/`pid` answered from the control concurrency group."""
+    """Same worker; `stats`/`config`/`pid` answered from the control concurrency group.
+
+    A device the actor cannot use is not raised from `__init__` (Ray would print the creation
+    task's traceback on the driver's terminal): the actor stays up, `stats` carries the one-line
+    reason as `start_error` (the driver stops the job with it) and `encode` refuses to run.
+    """
+
+    def __init__(self, settings: ActorSettings):
+        self.start_error: str | None = None
+        try:
+            super().__init__(settings)
+        except DeviceUnavailable as exc:
+            self.start_error = str(exc)
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        if self.start_error is not None:
+            raise DeviceUnavailable(self.start_error)
+        return super().encode(frames)
 
     def stats(self) -> dict[str, Any]:
+        if self.start_error is not None:
+            return {"pid": os.getpid(), "node_id": _node_id(), "start_error": self.start_error}
         return super().stats()
 
     def config(self) -> dict[str, Any]:

@@ -4,9 +4,10 @@
   CPU-only cluster), each with `gpus_per_actor` GPUs (auto = 1 where GPUs exist, else 0) and a
   fractional CPU, so shard tasks are never starved of CPU by actors that mostly wait on a GPU.
 - Shard tasks: `resources.decode_workers` in flight (auto = the cluster's CPUs not reserved by
-  actors, rounded up); each asks Ray for a fraction of a CPU, so Ray never refuses to place one
-  because actors hold the whole CPUs (with Ray 2.60, a Ray Data actor pool whose actors hold
-  every CPU hangs forever waiting for its read task's CPU; fractional actor CPUs avoid it).
+  actors, rounded up); each reserves the `clips.decoder_threads` CPUs its decoder uses (1 by
+  default), so Ray packs no more decoders on a node than it has cores (with Ray 2.60, a Ray
+  Data actor pool whose actors hold every CPU hangs forever waiting for its read task's CPU;
+  fractional actor CPUs avoid it).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.actors import ActorSettings, tokenizer_actor_class
+from jobs.actors import ActorSettings, actor_device, tokenizer_actor_class
 from jobs.dispatch import describe_failure
 from schemas.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
 
-SHARD_TASK_CPUS = 0.25
 NAMESPACE = "tokenmill"
 
 
@@ -107,17 +107,25 @@ def plan_placement(spec: JobSpec) -> Placement:
 
 def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
     tok = spec.tokenizer
+    cuda = actor_device(tok.device, placement.gpus_per_actor) == "cuda"
     return ActorSettings(
         name=tok.name,
         checkpoint=tok.checkpoint,
         init=tok.init,
         dtype=tok.dtype,
-        # "auto" picks CUDA only where torch sees a GPU (a fake-GPU test node has none); an
-        # explicit "cuda" fails loudly on a node without one instead of running on the CPU
+        # "auto" is CUDA exactly when the actor reserves a GPU (and fails loudly where torch has
+        # no CUDA); a fake-GPU test node must say tokenizer.device: cpu
         device=tok.device,
         num_gpus=placement.gpus_per_actor,
         num_cpus=placement.cpus_per_actor,
         torch_threads=placement.torch_threads,
+        # overlap is of copies with GPU compute; a CPU actor has no copy to hide, and torch called
+        # from several threads gives each its own OpenMP team (more threads than reserved cores)
+        batches_per_actor=spec.resources.batches_per_actor if cuda else 1,
+        compile=tok.compile,
+        tf32=tok.tf32,
+        batch_size=None if tok.batch_size == "auto" else int(tok.batch_size),
+        clip_shape=(spec.clips.num_frames, *spec.clips.resolution),
     )
 
 
@@ -131,11 +139,13 @@ class ActorStartError(RuntimeError):
     """No tokenizer actor could be started (model failed to load, or no resources in time)."""
 
 
-def actor_nodes(actors: list[Any], first_timeout: float = 1800.0, others_timeout: float = 10.0) -> list[str | None]:
-    """Wait until the first actor has loaded its model; returns the node each ready actor runs on.
+def wait_for_actors(actors: list[Any], first_timeout: float = 1800.0,
+                    others_timeout: float = 10.0) -> list[dict[str, Any] | None]:
+    """Wait until the first actor has loaded its model; returns each actor's stats (None: not up yet).
 
     Actors still waiting for resources (an autoscaler adding GPU nodes) do not hold the job up:
-    batches sent to them queue until they start; their node is unknown (None) meanwhile.
+    batches sent to them queue until they start; their stats (node, batch size) are unknown
+    meanwhile. An actor that cannot use its device stops the job with its one-line reason.
     """
     import ray
     from ray.exceptions import RayActorError
@@ -146,12 +156,15 @@ def actor_nodes(actors: list[Any], first_timeout: float = 1800.0, others_timeout
         raise ActorStartError(f"no tokenizer actor started within {first_timeout:.0f} s: the cluster lacks "
                               "the CPUs/GPUs they ask for (see resources.* in the spec)")
     ray.wait(refs, num_returns=len(refs), timeout=others_timeout)
-    nodes: list[str | None] = []
+    stats: list[dict[str, Any] | None] = []
     for ref in refs:
         try:
-            nodes.append(ray.get(ref, timeout=0)["node_id"])
+            st = ray.get(ref, timeout=0)
         except RayActorError as exc:
             raise ActorStartError(f"tokenizer actor failed to start: {describe_failure(exc)}") from exc
         except ray.exceptions.GetTimeoutError:
-            nodes.append(None)
-    return nodes
+            st = None
+        if st is not None and st.get("start_error"):
+            raise ActorStartError(f"tokenizer actor failed to start: {st['start_error']}")
+        stats.append(st)
+    return stats

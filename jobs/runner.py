@@ -95,7 +95,60 @@ def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
                                             f"compression of tokenizer {info.name}")
 
 
-def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any]) -> Any:
+def _cluster_gpus(address: str | None) -> float:
+    """GPUs the actors could reserve: the cluster's (connecting to it), or this machine's for an
+    embedded Ray (as torch counts them: a CPU build of torch counts none)."""
+    if address is None:
+        import torch
+
+        return float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+    import ray
+
+    from jobs import placement as pl
+
+    pl.connect(address)
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def resolve_device(spec: JobSpec, address: str | None) -> JobSpec:
+    """Decide where the actors run (CUDA exactly when they reserve a GPU) and resolve
+    `tokenizer.dtype: auto` from it (bfloat16 on CUDA, float32 on CPU), before the fingerprint
+    records the dtype. A request this machine's torch cannot meet is refused here, before
+    anything is written, when the actors run on this machine (embedded Ray); on a cluster the
+    actors' nodes decide, and an actor that cannot use CUDA stops the job when it starts."""
+    from jobs.actors import actor_device, cuda_problem, resolve_dtype_name
+
+    tok, res = spec.tokenizer, spec.resources
+    if tok.device == "cuda" and res.gpus_per_actor == 0:
+        raise SpecError("tokenizer.device", "cuda needs a GPU per actor, but resources.gpus_per_actor is 0 "
+                                            "(set it to auto or > 0, or tokenizer.device: cpu)")
+    device: str = tok.device
+    if device == "auto" and (tok.dtype == "auto" or address is None):
+        gpus = res.gpus_per_actor if res.gpus_per_actor != "auto" else min(1.0, _cluster_gpus(address))
+        device = actor_device("auto", gpus)
+    if address is None and device == "cuda":
+        problem = cuda_problem()
+        if problem:
+            raise SpecError("tokenizer.device", problem)
+    if tok.dtype != "auto":
+        return spec
+    dtype = resolve_dtype_name(tok.dtype, device)
+    return spec.model_copy(update={"tokenizer": tok.model_copy(update={"dtype": dtype})})
+
+
+def _batch_size(spec: JobSpec, ready: list[dict[str, Any] | None]) -> int:
+    """tokenizer.batch_size, or for auto the smallest that a started actor's memory probe chose."""
+    if spec.tokenizer.batch_size != "auto":
+        return int(spec.tokenizer.batch_size)
+    from jobs.batch_encoder import AUTO_CPU_BATCH
+
+    sizes = [int(st["batch_size"]) for st in ready if st and st.get("batch_size")]
+    size = min(sizes) if sizes else AUTO_CPU_BATCH
+    log.info("tokenizer.batch_size auto: %d clips per batch", size)
+    return size
+
+
+def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], batch_size: int) -> Any:
     from jobs.shard_task import ShardJob
     from pipeline.writers.manifest import token_file_metadata
 
@@ -106,7 +159,7 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any]) 
         input_storage_options=dict(spec.input.storage_options),
         clips=spec.clips,
         tokenizer_name=info.name,
-        batch_size=spec.tokenizer.batch_size,
+        batch_size=batch_size,
         max_batches_in_flight=spec.resources.max_batches_in_flight,
         file_metadata=token_file_metadata(fingerprint, info.config, info.weights_hash),
         limits=spec.limits,
@@ -126,9 +179,17 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
     place = pl.plan_placement(spec)
     settings = replace(pl.actor_settings(spec, place), name=info.load_name, checkpoint=info.load_checkpoint)
     actors = pl.start_actors(settings, place.num_actors, f"{spec.name}-{uuid.uuid4().hex[:6]}")
-    nodes = pl.actor_nodes(actors)
-    job = _shard_job(spec, info, fingerprint)
-    task = ray.remote(run_shard).options(num_cpus=pl.SHARD_TASK_CPUS, max_retries=0)
+    try:
+        started = pl.wait_for_actors(actors)
+    except pl.ActorStartError:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    nodes = [st["node_id"] if st else None for st in started]
+    batch_size = _batch_size(spec, started)
+    job = _shard_job(spec, info, fingerprint, batch_size)
+    # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
+    task = ray.remote(run_shard).options(num_cpus=spec.clips.decoder_threads, max_retries=0)
     progress = Progress(spec.name, shards_total, shards_done, actors, show_progress)
     dispatcher = ShardDispatcher(
         lambda url, launch: task.remote(job, url, launch, actors, nodes),
@@ -146,7 +207,8 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
         progress.close()
         for actor in actors:
             ray.kill(actor)
-    return result, actor_stats, {"placement": place.__dict__, "dispatch_seconds": dispatch_seconds}
+    return result, actor_stats, {"placement": place.__dict__, "dispatch_seconds": dispatch_seconds,
+                                 "batch_size": batch_size}
 
 
 def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
@@ -175,6 +237,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
     from pipeline.writers.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
 
     started = time.time()
+    spec = resolve_device(spec, address)
     info = probe_tokenizer(spec)
     check_clip_shape(spec, info)
     urls = expand_shards(spec.input.shards, spec.input.storage_options)

@@ -42,8 +42,11 @@ class ClipSpec(Config):
     max_clips_per_video: int | None = None
     resolution: tuple[int, int] = (256, 256)
     decoder: Literal["decord", "pyav"] = "decord"
+    decoder_threads: int = 1
 
     def validate(self, path: str) -> None:
+        if self.decoder_threads < 1:
+            raise SpecError(f"{path}.decoder_threads", "must be >= 1")
         if self.num_frames < 1:
             raise SpecError(f"{path}.num_frames", "must be >= 1")
         if self.fps is not None and self.fps <= 0:
@@ -62,12 +65,14 @@ class TokenizerSpec(Config):
     name: str
     checkpoint: str | None = None
     init: Literal["pretrained", "random"] = "pretrained"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_size: int = 4
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: Auto | int = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    tf32: bool = True
 
     def validate(self, path: str) -> None:
-        if self.batch_size < 1:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise SpecError(f"{path}.batch_size", "must be >= 1")
 
 
@@ -87,8 +92,11 @@ class ResourceSpec(Config):
     cpus_per_actor: float = 0.5
     decode_workers: Auto | int = "auto"
     max_batches_in_flight: int = 2
+    batches_per_actor: int = 3
 
     def validate(self, path: str) -> None:
+        if self.batches_per_actor < 1:
+            raise SpecError(f"{path}.batches_per_actor", "must be >= 1")
         if isinstance(self.num_actors, int) and self.num_actors < 1:
             raise SpecError(f"{path}.num_actors", "must be >= 1 or auto")
         if isinstance(self.decode_workers, int) and self.decode_workers < 1:

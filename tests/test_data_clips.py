@@ -98,3 +98,17 @@ def test_center_crop_takes_the_middle_window_without_copying():
     frames[:, :, 140:160] = 255  # a white vertical band in the middle
     out = center_crop(frames, (100, 20))
     assert out.shape == (2, 100, 20, 3) and out.min() == 255 and np.shares_memory(out, frames)
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_more_decoder_threads_give_the_same_frames(real_videos, decoder):
+    """clips.decoder_threads reaches the codec; threading changes speed, never the frames."""
+    data = real_videos["bikes"].read_bytes()
+    results = {}
+    for threads in (1, 2):
+        spec = ClipSpec(num_frames=5, stride=60, max_clips_per_video=3, resolution=(64, 64), decoder=decoder,
+                        decoder_threads=threads)
+        results[threads] = [x for x in cut_clips(data, spec) if isinstance(x, DecodedClip)]
+    assert [c.start_frame for c in results[1]] == [c.start_frame for c in results[2]] == [0, 60, 120]
+    for a, b in zip(results[1], results[2], strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)

@@ -1,8 +1,9 @@
 """Kill tests on a simulated multi-node GPU cluster: the output must equal an uninterrupted run's.
 
 The cluster (tests/fixtures/ray_cluster.py) is a CPU head plus three worker nodes with one fake
-GPU each; the job runs two tokenizer actors (one per fake GPU; torch sees no CUDA, so they
-encode on CPU) as a real `tokenmill run --address` process. After each fault the published
+GPU each; the job runs two tokenizer actors (one per fake GPU; torch sees no CUDA, so the job
+says tokenizer.device=cpu: without it the actors refuse to start, which is tested here too) as
+a real `tokenmill run --address` process. After each fault the published
 tokens must have the same keys, identical ids and no duplicates, and the summary totals must
 match the uninterrupted run's.
 """
@@ -32,7 +33,8 @@ from tests.jobs_helpers import (
 pytestmark = pytest.mark.slow
 
 # more clips than the quick tests so a fault lands mid-job: every 8th frame starts a clip
-FAULT = [*SMALL, "clips.max_clips_per_video=null", "clips.stride=8", "resources.num_actors=2"]
+ON_FAKE_GPUS = [*SMALL, "clips.max_clips_per_video=null", "clips.stride=8", "resources.num_actors=2"]
+FAULT = [*ON_FAKE_GPUS, "tokenizer.device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +140,21 @@ def test_killed_driver_then_same_command_resumes(ray_multinode, reference, tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming:" in again.stderr
     _assert_same_output(out, reference)
+
+
+def test_actors_reserving_gpus_torch_cannot_use_stop_the_job_in_one_line(ray_multinode, tmp_path):
+    """tokenizer.device auto on GPU nodes means CUDA; torch here has none: exit 1, no traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine's torch has CUDA")
+    out = tmp_path / "out"
+    proc = run_cli(out, *ON_FAKE_GPUS, address=ray_multinode.address, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (f"tokenmill run: tokenizer actor failed to start: torch {torch.__version__} has no CUDA: "
+            "install a CUDA build of torch, or set tokenizer.device: cpu and resources.gpus_per_actor: 0"
+            in proc.stderr)
+    assert "Traceback" not in proc.stderr
+    summary = read_summary(out)
+    assert summary["status"] == "failed" and "has no CUDA" in summary["error"]
+    assert summary["shards_done"] == 0

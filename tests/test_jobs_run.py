@@ -6,6 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from schemas.jobspec import load_job_spec
 from tests.jobs_helpers import DEMO, SMALL, manifest_ids, read_summary, read_tokens, run_cli
@@ -109,16 +110,24 @@ def test_invalid_spec_exits_2_and_writes_nothing(tmp_path, override, field):
     assert not out.exists()
 
 
-def test_tokenizer_that_cannot_start_exits_1_with_a_summary(tmp_path):
-    """tokenizer.device=cuda on actors given no GPU: one clear line, exit 1, summary says failed."""
+def test_cuda_without_a_gpu_per_actor_exits_2_naming_both_fields(tmp_path):
+    """tokenizer.device=cuda with resources.gpus_per_actor=0 contradicts itself: exit 2, nothing written."""
     out = tmp_path / "out"
-    # an actor with 0 GPUs sees no CUDA device on any machine (Ray hides them), so this fails everywhere
-    proc = run_cli(out, *SMALL, "tokenizer.device=cuda", "resources.gpus_per_actor=0", timeout=180)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "tokenizer actor failed to start" in proc.stderr and "CUDA" in proc.stderr
-    summary = read_summary(out)
-    assert summary["status"] == "failed" and "CUDA" in summary["error"]
-    assert summary["shards_done"] == 0 and not list((out / "tokens").glob("*.parquet"))
+    proc = run_cli(out, *SMALL, "tokenizer.device=cuda", "resources.gpus_per_actor=0", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "tokenizer.device" in proc.stderr and "gpus_per_actor" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch has CUDA")
+def test_cuda_where_torch_has_none_exits_2_naming_the_build(tmp_path):
+    """On an embedded Ray the actors use this torch: a CPU build is refused at start, in one line."""
+    out = tmp_path / "out"
+    proc = run_cli(out, *SMALL, "tokenizer.device=cuda", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"torch {torch.__version__} has no CUDA: install a CUDA build of torch" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_output_folder_loads_as_a_dataset(finished, tmp_path, monkeypatch):

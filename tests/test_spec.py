@@ -66,6 +66,9 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
         ({"clips": {"bogus": 1}}, "clips.bogus"),
         ({"tokenizer": {"dtype": "float8"}}, "tokenizer.dtype"),
         ({"tokenizer": {"batch_size": 0}}, "tokenizer.batch_size"),
+        ({"tokenizer": {"batch_size": "big"}}, "tokenizer.batch_size"),
+        ({"clips": {"decoder_threads": 0}}, "clips.decoder_threads"),
+        ({"resources": {"batches_per_actor": 0}}, "resources.batches_per_actor"),
         ({"output": {"format": "csv"}}, "output.format"),
         ({"resources": {"num_actors": "many"}}, "resources.num_actors"),
         ({"retries": {"max_attempts": True}}, "retries.max_attempts"),
@@ -153,7 +156,8 @@ def test_fingerprint_and_job_json_are_pinned():
     written = spec.redacted()
     assert json.loads(json.dumps(written)) == written  # plain JSON: lists, not tuples
     assert written["clips"] == {"num_frames": 9, "fps": 8.0, "stride": 4, "max_clips_per_video": None,
-                                "resolution": [128, 64], "decoder": "decord"}
+                                "resolution": [128, 64], "decoder": "decord",
+                                "decoder_threads": 1}  # added later: job.json gains keys, the digest does not
     assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries", "limits"]
 
 

@@ -124,7 +124,7 @@ def cut_clips(data: Media, spec: ClipSpec, limits: LimitSpec | None = None) -> I
     window: dict[int, np.ndarray] = {}  # sampled index -> cropped frame [H, W, 3], pending clips only
     emitted, delivered, last_src = 0, 0, -1
     src_to_js = _sampled_of(plan)
-    for src, frame in reader(data, info, wanted, size):
+    for src, frame in reader(data, info, wanted, size, spec.decoder_threads):
         delivered += 1
         last_src = src
         cropped = center_crop(frame, spec.resolution)

@@ -2,7 +2,7 @@
 
 Two backends behind one function shape, chosen by `clips.decoder`:
 
-    iter_frames(data, info, wanted, size) -> Iterator[(source_index, frame uint8 [h, w, 3])]
+    iter_frames(data, info, wanted, size, threads) -> Iterator[(source_index, frame uint8 [h, w, 3])]
 
 `data` is a `Media`: the member's bytes, or the path of the temporary file a large member was
 spooled to (pipeline.readers.tar_stream). FFmpeg may only pick a demuxer from `CONTAINERS`, and
@@ -14,8 +14,9 @@ a hostile sample read local files or reach the network (docs/threat-model.md).
 codec needs them) but never converted to RGB, which is where most of the per-frame cost is.
 `size` = (width, height) of the output: scaling happens inside swscale during the colour
 conversion (area averaging for downscales, i.e. antialiased), so a 4K frame is never held as
-full-size RGB. Probing always uses PyAV so that both backends see the same rate, frame count
-and classification of bad input.
+full-size RGB. `threads` (clips.decoder_threads) is the codec's thread count; the shard task
+reserves that many CPUs. Probing always uses PyAV so that both backends see the same rate,
+frame count and classification of bad input.
 
 Errors are `VideoError(stage, error_type, message)`: the caller turns them into dead letters.
 """
@@ -139,9 +140,9 @@ def probe(data: Media, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     return info
 
 
-def pyav_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
-                size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
-    """PyAV backend: sequential decode in one thread, RGB + resize only for wanted frames.
+def pyav_frames(data: Media, info: VideoInfo, wanted: Iterable[int], size: tuple[int, int],
+                threads: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """PyAV backend: sequential decode (`threads` codec threads), RGB + resize only for wanted frames.
 
     Scaling is two swscale passes with reused contexts: area-average in YUV 4:2:0 down to the
     output size (SIMD paths), then an unscaled YUV->RGB conversion of the small frame. One
@@ -156,7 +157,11 @@ def pyav_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
     try:
         with _open(data) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "NONE"  # one core per worker: parallelism comes from processes
+            if threads > 1:
+                stream.thread_type = "AUTO"  # frame and slice threads, as many as the task reserved
+                stream.thread_count = threads
+            else:
+                stream.thread_type = "NONE"  # one core per worker: parallelism comes from processes
             for index, frame in enumerate(container.decode(stream)):
                 if target is None:
                     return
@@ -189,16 +194,16 @@ class _Bytes:
         return self._data
 
 
-def decord_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
-                  size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
-    """decord backend (threads=1): next() for wanted frames; across a gap, seek when a keyframe
+def decord_frames(data: Media, info: VideoInfo, wanted: Iterable[int], size: tuple[int, int],
+                  threads: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """decord backend (`threads` decoder threads): next() for wanted frames; across a gap, seek when a keyframe
     lies inside it (decoding restarts there), else skip_frames (decoded, never converted)."""
     import decord
 
     try:
         source = _Bytes(data) if isinstance(data, bytes) else data
         reader = decord.VideoReader(source, ctx=decord.cpu(0), width=size[0], height=size[1],
-                                    num_threads=1)
+                                    num_threads=threads)
         total, position = len(reader), 0
         keys: list[int] | None = None
         for target in wanted:
@@ -223,7 +228,7 @@ def decord_frames(data: Media, info: VideoInfo, wanted: Iterable[int],
         raise VideoError("decode", "DecodeError", f"decord: {str(exc).splitlines()[0][:300]}") from None
 
 
-FrameReader = Callable[[Media, VideoInfo, Iterable[int], tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+FrameReader = Callable[[Media, VideoInfo, Iterable[int], tuple[int, int], int], Iterator[tuple[int, np.ndarray]]]
 BACKENDS: dict[str, FrameReader] = {"pyav": pyav_frames, "decord": decord_frames}
 
 
