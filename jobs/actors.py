@@ -183,6 +183,64 @@ class TokenizerWorker:
         return {"config": self.tok.config.to_dict(), "weights_hash": self.tok.weights_hash,
                 "batch_size": self.batch_size, "batch_probe": self.batch_probe}
 
+    # ---- quality sampling (quality.sample_rate): decode back, score against the input --------
+    def encode_scored(self, frames: np.ndarray, scored: list[bool]) -> tuple[np.ndarray, list[dict[str, float] | None]]:
+        """`encode`, plus PSNR/SSIM of the round trip for the clips flagged in `scored`."""
+        encoded = self.encode(frames)
+        return encoded, [self.round_trip_quality(frames[i], encoded[i]) if flag else None
+                         for i, flag in enumerate(scored)]
+
+    def round_trip_quality(self, frames: np.ndarray, encoded: np.ndarray) -> dict[str, float]:
+        """One clip: uint8 [T, H, W, 3] and its ids [t, h, w] (or latent [c, t, h, w]) -> psnr, ssim
+        on [0, 255] RGB over all frames, exactly as `tokenmill eval` scores a clip."""
+        import torch
+
+        from tokenizer_core import metrics
+
+        tokens = torch.from_numpy(np.ascontiguousarray(encoded)[None]).to(self.device)
+        if tokens.is_floating_point():
+            tokens = tokens.to(self.tok.dtype)
+        with torch.inference_mode():
+            recon = metrics.to_pixels(self.tok.decode(tokens)[0].cpu())
+        original = metrics.from_uint8_frames(torch.as_tensor(np.asarray(frames)))
+        return {"psnr": metrics.psnr(original, recon), "ssim": metrics.ssim(original, recon)}
+
+    # ---- whole-video rows (clips.num_frames: all): one causal stream per row, see jobs/rows.py --
+    def stream_encode(self, session: str, part: int, frames: np.ndarray, final: bool,
+                      score: bool) -> tuple[np.ndarray, dict[str, float] | None]:
+        """Chunk `part` of stream `session`: frames uint8 [1, T, H, W, 3] -> (its ids [1, t', h, w] or
+        latents [1, c, t', h, w], psnr/ssim of the whole row on its final chunk when `score`)."""
+        import torch
+
+        from jobs.rows import StreamTable
+
+        start = time.monotonic()
+        if getattr(self, "_streams", None) is None:
+            self._streams = StreamTable(self.tok)
+        with torch.inference_mode():
+            video = to_video(frames, self.device, self.tok.dtype)
+            result, scores = self._streams.encode(session, part, video, frames, final, score)
+        self._account(start, frames.shape, result)
+        return result, scores
+
+    def stream_close(self, session: str) -> None:
+        """Forget stream `session` (its row was dropped or abandoned)."""
+        streams = getattr(self, "_streams", None)
+        if streams is not None:
+            streams.close(session)
+
+
+def to_video(frames: np.ndarray, device: str, dtype: Any) -> Any:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] on `device`, scaled in fp32 then cast
+    (the same arithmetic as `TokenizerWorker.encode`, so both give the same tokens)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only object-store arrays are only read
+        host = torch.from_numpy(np.ascontiguousarray(frames))
+    x = host.to(device)
+    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(dtype)
+
 
 def _node_id() -> str | None:
     try:

@@ -84,12 +84,23 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
 
 def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
     """Clips must fit the tokenizer's grid: T = 1 + k*t, H and W multiples of the spatial factor."""
-    n, t = spec.clips.num_frames, info.temporal
-    if (n - 1) % t != 0:
+    from schemas.jobspec import ShortSide
+
+    n, t, s = spec.clips.num_frames, info.temporal, info.spatial
+    if n != "all" and (n - 1) % t != 0:
         raise SpecError("clips.num_frames", f"must be 1 + k*{t} for tokenizer {info.name} "
                                             f"(e.g. {1 + t}, {1 + 2 * t}, {1 + 4 * t}), got {n}")
-    h, w = spec.clips.resolution
-    s = info.spatial
+    if n == "all" and spec.clips.chunk_frames % t:
+        raise SpecError("clips.chunk_frames", f"must be a multiple of {t}, the temporal compression "
+                                              f"of tokenizer {info.name}, got {spec.clips.chunk_frames}")
+    res = spec.clips.resolution
+    if isinstance(res, ShortSide):
+        for name, side in (("short_side", res.short_side), ("max_long_side", res.max_long_side)):
+            if side is not None and side % s:
+                raise SpecError(f"clips.resolution.{name}", f"{side} must be a multiple of {s}, the "
+                                                            f"spatial compression of tokenizer {info.name}")
+        return
+    h, w = res
     if h % s or w % s:
         raise SpecError("clips.resolution", f"[{h}, {w}] must be multiples of {s}, the spatial "
                                             f"compression of tokenizer {info.name}")
@@ -150,7 +161,9 @@ def _batch_size(spec: JobSpec, ready: list[dict[str, Any] | None]) -> int:
 
 def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], batch_size: int) -> Any:
     from jobs.shard_task import ShardJob
+    from pipeline.readers.clips import Grid
     from pipeline.writers.manifest import token_file_metadata
+    from pipeline.writers.token_files import optional_columns
 
     return ShardJob(
         output_uri=spec.output.uri,
@@ -163,6 +176,9 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], 
         max_batches_in_flight=spec.resources.max_batches_in_flight,
         file_metadata=token_file_metadata(fingerprint, info.config, info.weights_hash),
         limits=spec.limits,
+        grid=Grid(info.temporal, info.spatial),
+        optional_columns=optional_columns(spec.clips, spec.quality),
+        sample_rate=spec.quality.sample_rate,
     )
 
 

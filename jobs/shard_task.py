@@ -8,14 +8,18 @@ ShardWriter -> commit (publish the files, then the manifest record).
 A batch whose actor dies is sent again to another actor (actors are stateless); anything else
 that goes wrong aborts the writer and raises, and the driver retries the whole shard into fresh
 temporaries. Bad samples never raise: they arrive as DeadLetters and become error rows.
+Whole-video rows (`clips.num_frames: all`) arrive as chunks and go through jobs/rows.py.
+`quality.sample_rate` picks clips by a hash of their key (`quality_sampled`); their batch goes
+to the actor's `encode_scored`, which also decodes them back and scores PSNR/SSIM.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +54,16 @@ class ShardJob:
     file_metadata: dict[str, str] = field(default_factory=dict)
     isolate_decoder: bool = True
     limits: LimitSpec = field(default_factory=LimitSpec)
+    grid: Any = None  # pipeline.readers.clips.Grid of the tokenizer; None = (1, 1)
+    optional_columns: tuple[str, ...] = ()  # schemas.tokens.OPTIONAL_COLUMNS the files carry
+    sample_rate: float = 0.0  # quality.sample_rate
+
+
+def quality_sampled(key: str, rate: float) -> bool:
+    """Whether clip `key` is among the `rate` fraction scored for quality: by a hash, so reruns agree."""
+    if rate <= 0:
+        return False
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) < rate * 0x1_0000_0000
 
 
 class TokenizerUnavailable(RuntimeError):
@@ -63,6 +77,7 @@ class _Batch:
     actor: int
     result_ref: Any
     sends: int = 1
+    scored: list[bool] | None = None  # clips whose quality the actor measures (encode_scored)
 
 
 class ActorRouter:
@@ -91,15 +106,28 @@ class ActorRouter:
         self.next += 1
         return choice
 
-    def send(self, clips: list[Clip]) -> _Batch:
+    def send(self, clips: list[Clip], scored: list[bool] | None = None) -> _Batch:
         import ray
 
         from pipeline.writers.commit import ClipInfo
 
         frames_ref = ray.put(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
         infos = [ClipInfo.from_clip(c) for c in clips]  # the caller drops the decoded frames now
-        actor = self.pick()
-        return _Batch(infos, frames_ref, actor, self.actors[actor].encode.remote(frames_ref))
+        batch = _Batch(infos, frames_ref, self.pick(), None, scored=scored if scored and any(scored) else None)
+        batch.result_ref = self._call(batch)
+        return batch
+
+    def _call(self, batch: _Batch) -> Any:
+        actor = self.actors[batch.actor]
+        if batch.scored is None:
+            return actor.encode.remote(batch.frames_ref)
+        return actor.encode_scored.remote(batch.frames_ref, batch.scored)
+
+    def suspect(self, actor: int) -> None:
+        """Skip `actor` for a while (it failed a call), longer with each further failure."""
+        self.failures[actor] += 1
+        backoff = min(SUSPECT_MAX_S, SUSPECT_S * 2 ** (self.failures[actor] - 1))
+        self.suspect_until[actor] = time.monotonic() + backoff
 
     def result(self, batch: _Batch) -> np.ndarray:
         """The batch's encoded array; resends to another actor when its actor died."""
@@ -112,15 +140,13 @@ class ActorRouter:
             except GetTimeoutError as exc:
                 raise TokenizerUnavailable(f"tokenizer actor {batch.actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
             except RayActorError as exc:
-                self.failures[batch.actor] += 1
-                backoff = min(SUSPECT_MAX_S, SUSPECT_S * 2 ** (self.failures[batch.actor] - 1))
-                self.suspect_until[batch.actor] = time.monotonic() + backoff
+                self.suspect(batch.actor)
                 if batch.sends > MAX_RESENDS:
                     raise TokenizerUnavailable(f"batch lost {batch.sends} times: {exc}") from exc
                 log.warning("tokenizer actor %d failed (%s); resending batch", batch.actor, type(exc).__name__)
                 batch.actor = self.pick()
                 batch.sends += 1
-                batch.result_ref = self.actors[batch.actor].encode.remote(batch.frames_ref)
+                batch.result_ref = self._call(batch)
 
 
 def _tokens_per_clip(encoded: np.ndarray, discrete: bool) -> int:
@@ -133,36 +159,55 @@ def _finish(batch: _Batch, router: ActorRouter, writer: Any, job: ShardJob, stat
     encoded = router.result(batch)
     seconds: Any = stats.seconds  # Counter typed for ints; stage times are float seconds
     seconds["tokenize_wait"] += time.monotonic() - start
+    clips = batch.clips
+    if batch.scored is not None:
+        encoded, scores = encoded
+        clips = [_with_quality(c, q, stats) for c, q in zip(clips, scores, strict=True)]
     discrete = encoded.dtype.kind in "iu"
-    for clip, item in zip(batch.clips, encoded, strict=True):
+    for clip, item in zip(clips, encoded, strict=True):
         writer.add(clip, item, job.tokenizer_name)
         stats.tokens += _tokens_per_clip(item, discrete)
 
 
+def _with_quality(clip: Any, scores: dict[str, float] | None, stats: ShardStats) -> Any:
+    if scores is None:
+        return clip
+    stats.add_quality(scores["psnr"], scores["ssim"])
+    return replace(clip, psnr=scores["psnr"], ssim=scores["ssim"])
+
+
 def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router: ActorRouter) -> None:
     """Feed one shard's clips through the actors into `writer`, in clip order."""
+    from jobs.rows import RowStreamer
     from pipeline.readers.stages import iter_shard
 
     groups: dict[tuple[int, ...], list[Clip]] = {}
     pending: deque[_Batch] = deque()
+    rows = RowStreamer(router, writer, job, stats, lambda key: quality_sampled(key, job.sample_rate))
 
     def send(clips: list[Clip]) -> None:
-        pending.append(router.send(clips))
+        pending.append(router.send(clips, [quality_sampled(c.key, job.sample_rate) for c in clips]))
         # backpressure: at most max_batches_in_flight outstanding while the next batch decodes
         while len(pending) > job.max_batches_in_flight:
             _finish(pending.popleft(), router, writer, job, stats)
 
     for item in iter_shard(url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder,
-                           limits=job.limits):
+                           limits=job.limits, grid=job.grid):
         if isinstance(item, DeadLetter):
             writer.add_error(item)
+            continue
+        if item.part is not None:
+            rows.push(item)
             continue
         group = groups.setdefault(tuple(item.frames.shape), [])
         group.append(item)
         if len(group) >= job.batch_size:
             send(groups.pop(tuple(item.frames.shape)))
+        elif sum(len(g) for g in groups.values()) > 2 * job.batch_size:
+            send(groups.pop(next(iter(groups))))  # many clip shapes (native aspect ratios): bound what waits
     for shape in list(groups):
         send(groups.pop(shape))
+    rows.close()
     while pending:
         _finish(pending.popleft(), router, writer, job, stats)
 
@@ -180,6 +225,7 @@ def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_no
         file_metadata=job.file_metadata,
         storage_options=job.output_storage_options,
         attempt=attempt,
+        optional_columns=job.optional_columns,
     )
     try:
         stream_shard(job, url, stats, writer, ActorRouter(actors, actor_nodes))

@@ -1,7 +1,8 @@
 """The records that flow through the pipeline.
 
     Sample     one WebDataset sample: key + members (extension -> bytes), read from a shard
-    Clip       one fixed-length clip cut from a sample's video, frames uint8 [T, H, W, 3]
+    Clip       one fixed-length clip cut from a sample's video, frames uint8 [T, H, W, 3], or one
+               chunk of a whole-video row (`part` set; the row ends at the chunk with `final`)
     DeadLetter a sample (or shard) that could not be turned into clips, with its reason
     ShardStats per-shard counters: every sample is either ok or failed, every drop has a reason
 
@@ -106,6 +107,12 @@ class Clip:
     frames: np.ndarray  # uint8 [T, H, W, 3], channels-last
     meta: str | None = None  # the sample's sidecar JSON as text (null when absent or broken)
     source_member: str | None = None  # the video's tar member name exactly as the shard has it
+    scene: int | None = None  # shot index in the video (clips.split_scenes)
+    scene_start: int | None = None  # the shot's first frame, at the sampled rate
+    motion: float | None = None  # motion score (clips.min_motion); a row's is on its final chunk
+    part: int | None = None  # chunk index in a whole-video row (clips.num_frames: all)
+    final: bool = True  # the row's last chunk
+    dropped: str | None = None  # a row's final chunk: the note it was dropped for (its tokens unwritten)
 
     @property
     def num_frames(self) -> int:
@@ -137,14 +144,18 @@ class ShardStats:
     frames: int = 0
     tokens: int = 0
     video_seconds: float = 0.0
+    scene_cuts: int = 0  # shot cuts found (clips.split_scenes)
     failures: Counter[str] = field(default_factory=Counter)  # DeadLetter.reason -> count
     notes: Counter[str] = field(default_factory=Counter)  # non-fatal: "too_short", "bad_sidecar"
     seconds: Counter[str] = field(default_factory=Counter)  # stage -> wall seconds
+    quality: list[list[float]] = field(default_factory=list)  # [psnr, ssim] per sampled clip (quality.sample_rate)
     # set when the shard itself is damaged (e.g. truncated tar): the samples before the damage
     # are still processed and written; the shard then counts as failed with this reason
     shard_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest record; `scene_cuts` and `quality` only where a feature set them."""
+        added = {k: v for k, v in (("scene_cuts", self.scene_cuts), ("quality", [list(q) for q in self.quality])) if v}
         return {
             "samples_total": self.samples_total,
             "samples_ok": self.samples_ok,
@@ -157,7 +168,11 @@ class ShardStats:
             "notes": dict(self.notes),
             "seconds": dict(self.seconds),
             "shard_error": self.shard_error,
+            **added,
         }
+
+    def add_quality(self, psnr: float, ssim: float) -> None:
+        self.quality.append([round(float(psnr), 4), round(float(ssim), 5)])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardStats:
@@ -169,8 +184,10 @@ class ShardStats:
             frames=data.get("frames", 0),
             tokens=data.get("tokens", 0),
             video_seconds=data.get("video_seconds", 0.0),
+            scene_cuts=data.get("scene_cuts", 0),
             failures=Counter(data.get("failures", {})),
             notes=Counter(data.get("notes", {})),
             seconds=Counter(data.get("seconds", {})),
+            quality=[list(q) for q in data.get("quality", [])],
             shard_error=data.get("shard_error"),
         )

@@ -33,30 +33,59 @@ class InputSpec(Config):
             raise SpecError(f"{path}.shards", "must name at least one shard (path, glob, range or URL)")
 
 
-class ClipSpec(Config):
-    """How clips are cut from each video: frames per clip, sampling rate, stride, size [H, W]."""
+class ShortSide(Config):
+    """`clips.resolution: {short_side: S, max_long_side: L}`: aspect kept, see pipeline/readers/clips.py."""
 
-    num_frames: int = 17
+    short_side: int
+    max_long_side: int | None = None
+
+    def validate(self, path: str) -> None:
+        if self.short_side < 1:
+            raise SpecError(f"{path}.short_side", "must be >= 1")
+        if self.max_long_side is not None and self.max_long_side < self.short_side:
+            raise SpecError(f"{path}.max_long_side", "must be >= short_side or null")
+
+
+class ClipSpec(Config):
+    """How clips are cut from each video: frames per clip (or `all`), sampling rate, stride, size
+    ([H, W] or {short_side}), shot splitting, the motion filter."""
+
+    num_frames: int | Literal["all"] = 17
     fps: float | None = None
     stride: int | None = None
     max_clips_per_video: int | None = None
-    resolution: tuple[int, int] = (256, 256)
-    decoder: Literal["decord", "pyav"] = "decord"
+    resolution: tuple[int, int] | ShortSide = (256, 256)
+    decoder: Literal["decord", "pyav"] = "pyav"
     decoder_threads: int = 1
+    split_scenes: bool = False
+    scene_threshold: float = 27.0
+    min_motion: float | None = None
+    max_frames: int | None = None
+    chunk_frames: int = 32
 
     def validate(self, path: str) -> None:
         if self.decoder_threads < 1:
             raise SpecError(f"{path}.decoder_threads", "must be >= 1")
-        if self.num_frames < 1:
-            raise SpecError(f"{path}.num_frames", "must be >= 1")
+        if self.num_frames != "all" and self.num_frames < 1:
+            raise SpecError(f"{path}.num_frames", "must be >= 1 or all")
         if self.fps is not None and self.fps <= 0:
             raise SpecError(f"{path}.fps", "must be > 0 or null")
         if self.stride is not None and self.stride < 1:
             raise SpecError(f"{path}.stride", "must be >= 1 or null")
         if self.max_clips_per_video is not None and self.max_clips_per_video < 1:
             raise SpecError(f"{path}.max_clips_per_video", "must be >= 1 or null")
-        if min(self.resolution) < 1:
+        if isinstance(self.resolution, tuple) and min(self.resolution) < 1:
             raise SpecError(f"{path}.resolution", "must be two positive integers [H, W]")
+        if self.scene_threshold <= 0:
+            raise SpecError(f"{path}.scene_threshold", "must be > 0")
+        if self.min_motion is not None and self.min_motion < 0:
+            raise SpecError(f"{path}.min_motion", "must be >= 0 or null")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise SpecError(f"{path}.max_frames", "must be >= 2 or null")
+        if self.max_frames is not None and self.num_frames != "all":
+            raise SpecError(f"{path}.max_frames", "applies only with num_frames: all")
+        if self.chunk_frames < 1:
+            raise SpecError(f"{path}.chunk_frames", "must be >= 1")
 
 
 class TokenizerSpec(Config):
@@ -109,6 +138,16 @@ class ResourceSpec(Config):
             raise SpecError(f"{path}.max_batches_in_flight", "must be >= 1")
 
 
+class QualitySpec(Config):
+    """Round-trip quality monitoring: the fraction of clips decoded back and scored on the actors."""
+
+    sample_rate: float = 0.0
+
+    def validate(self, path: str) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise SpecError(f"{path}.sample_rate", "must lie in [0, 1]")
+
+
 class RetrySpec(Config):
     """How often a shard that failed for infrastructure reasons is tried."""
 
@@ -158,6 +197,7 @@ class JobSpec(Config):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)
     limits: LimitSpec = Field(default_factory=LimitSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
 
     def redacted(self) -> dict[str, Any]:
         """The spec as plain data with secrets removed (storage option values dropped)."""

@@ -10,6 +10,14 @@ the same columns and types.
     continuous  latents      binary        the latent's raw bytes, C order, little-endian
                 latent_shape list<int32>   [c, t, h, w]
                 latent_dtype string        float32 | float16 | bfloat16
+
+Optional columns (`OPTIONAL_COLUMNS`) are present in every file of a job whose spec turns their
+feature on, and in no file of other jobs (so the schema follows from the spec, not the data):
+
+    scene_index  int32    shot index in the video                  clips.split_scenes
+    scene_start  int64    the shot's first frame (sampled rate)    clips.split_scenes
+    motion       float32  motion score of the clip                 clips.min_motion
+    psnr, ssim   float32  round-trip quality, null if not sampled  quality.sample_rate > 0
 """
 
 from __future__ import annotations
@@ -67,12 +75,22 @@ _CONTINUOUS = [
 ]
 
 
-def token_schema(kind: Kind, metadata: dict[str, str] | None = None) -> pa.Schema:
-    """The Arrow schema of token rows for a discrete or continuous tokenizer."""
+OPTIONAL_COLUMNS = {
+    "scene_index": pa.field("scene_index", pa.int32(), nullable=True),
+    "scene_start": pa.field("scene_start", pa.int64(), nullable=True),
+    "motion": pa.field("motion", pa.float32(), nullable=True),
+    "psnr": pa.field("psnr", pa.float32(), nullable=True),
+    "ssim": pa.field("ssim", pa.float32(), nullable=True),
+}
+
+
+def token_schema(kind: Kind, metadata: dict[str, str] | None = None, optional: tuple[str, ...] = ()) -> pa.Schema:
+    """The Arrow schema of token rows for a discrete or continuous tokenizer (plus `optional` columns)."""
+    extra = [OPTIONAL_COLUMNS[name] for name in optional]
     if kind == "discrete":
-        fields = _COMMON + _DISCRETE
+        fields = _COMMON + extra + _DISCRETE
     elif kind == "continuous":
-        fields = _COMMON + _CONTINUOUS
+        fields = _COMMON + extra + _CONTINUOUS
     else:
         raise ValueError(f"token kind must be 'discrete' or 'continuous', got {kind!r}")
     meta = {META_SCHEMA_VERSION: str(TOKENS_SCHEMA_VERSION), META_KIND: kind}

@@ -42,7 +42,11 @@ def from_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
 def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
     """PSNR in dB over the whole clip on [0, 255]; `PSNR_CAP` when the two are identical."""
     _check_same_shape(reference, test)
-    mse = torch.mean((reference.double() - test.double()) ** 2).item()
+    return psnr_of_mse(torch.mean((reference.double() - test.double()) ** 2).item())
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error on [0, 255]; `PSNR_CAP` for zero."""
     if mse <= 0.0:
         return PSNR_CAP
     return min(PSNR_CAP, 10.0 * math.log10(PIXEL_MAX**2 / mse))
@@ -140,6 +144,35 @@ def same_grid_baseline(video: torch.Tensor, temporal: int, spatial: int) -> torc
     return from_grid(grid, num_frames, temporal, spatial).clamp(0, PIXEL_MAX).round().float()
 
 
+class RunningQuality:
+    """PSNR and SSIM of a clip that arrives in consecutive pieces of frames (a streamed decode).
+
+    Both are means over every frame (squared errors; SSIM map positions per frame and channel),
+    so summing piece by piece gives the values `psnr` and `ssim` give for the whole clip, up to
+    float rounding."""
+
+    def __init__(self) -> None:
+        self.squared_error, self.values = 0.0, 0
+        self.ssim_sum, self.ssim_positions = 0.0, 0
+
+    def add(self, reference: torch.Tensor, test: torch.Tensor) -> None:
+        """reference, test: [3, T, H, W] on [0, 255], the next frames of the clip."""
+        _check_same_shape(reference, test)
+        self.squared_error += float(((reference.double() - test.double()) ** 2).sum())
+        self.values += reference.numel()
+        frames = ssim_map(reference.double().permute(1, 0, 2, 3), test.double().permute(1, 0, 2, 3), PIXEL_MAX)
+        self.ssim_sum += float(frames.sum())
+        self.ssim_positions += frames.numel()
+
+    @property
+    def psnr(self) -> float:
+        return psnr_of_mse(self.squared_error / max(1, self.values))
+
+    @property
+    def ssim(self) -> float:
+        return self.ssim_sum / max(1, self.ssim_positions)
+
+
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"clips differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -150,7 +183,9 @@ __all__ = [
     "to_pixels",
     "from_uint8_frames",
     "psnr",
+    "psnr_of_mse",
     "ssim",
+    "RunningQuality",
     "ssim_map",
     "latent_frame_groups",
     "to_grid",

@@ -23,7 +23,7 @@ from tokenizer_core import image, video
 from tokenizer_core.config import TokenizerConfig
 from tokenizer_core.fsq import FSQuantizer
 from tokenizer_core.layers3d import CausalConv3d
-from tokenizer_core.streaming import stream_state
+from tokenizer_core.streaming import StreamSession
 
 Mode = Literal["full", "stream", "windowed"]
 
@@ -161,17 +161,30 @@ class CosmosTokenizer(nn.Module):
     def encode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Encode consecutive chunks of one video: the first with 1 + k*t frames, the rest with a
         multiple of t. Yields each chunk's ids / latents; concatenated they equal `encode(video)`."""
+        session = self.stream_session("encode")
+        for chunk in chunks:
+            yield self.encode_chunk(session, chunk)
+
+    def stream_session(self, side: Literal["encode", "decode"]) -> StreamSession:
+        """A new, empty causal stream through the encoder or the decoder (for `*_chunk`)."""
         if not self.config.video:
             raise ValueError(f"{self.config.name}: streaming applies to video tokenizers")
+        if side == "encode":
+            return StreamSession(self.encoder, self.quant_conv)
+        return StreamSession(self.decoder, self.post_quant_conv)
+
+    @torch.no_grad()
+    def encode_chunk(self, session: StreamSession, chunk: torch.Tensor) -> torch.Tensor:
+        """The next chunk of `session`'s video -> its ids [B, t', H', W'] / latents [B, C, t', H', W']."""
         t = self.config.temporal_compression
-        with torch.no_grad(), stream_state(self.encoder, self.quant_conv):
-            for i, chunk in enumerate(chunks):
-                if i and chunk.shape[2] % t:
-                    raise ValueError(f"stream chunk {i} has {chunk.shape[2]} frames: must be a multiple of {t}")
-                x, _ = self._frames(chunk) if i == 0 else (chunk, None)
-                x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
-                latents, ids = self._quantize(self._latent(x))
-                yield ids if ids is not None else latents
+        if session.calls and chunk.shape[2] % t:
+            raise ValueError(f"stream chunk {session.calls} has {chunk.shape[2]} frames: must be a multiple of {t}")
+        x, _ = self._frames(chunk) if session.calls == 0 else (chunk, None)
+        x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
+        with session.active():
+            latents, ids = self._quantize(self._latent(x))
+        session.calls += 1
+        return ids if ids is not None else latents
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, mode: Mode = "full", chunk_latents: int = 2, window: int = 17,
@@ -214,12 +227,20 @@ class CosmosTokenizer(nn.Module):
 
     def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Decode consecutive latent chunks of one video; yields frames (1 + (n-1)*t, then n*t each)."""
-        with torch.no_grad(), stream_state(self.decoder, self.post_quant_conv):
-            for chunk in chunks:
-                chunk = chunk.to(self.device)
-                if self.config.discrete:
-                    self._check_ids(chunk)
-                yield self._decode_raw(chunk)
+        session = self.stream_session("decode")
+        for chunk in chunks:
+            yield self.decode_chunk(session, chunk)
+
+    @torch.no_grad()
+    def decode_chunk(self, session: StreamSession, chunk: torch.Tensor) -> torch.Tensor:
+        """The next latent chunk of `session`'s video -> its frames [B, 3, T, H, W] (padding kept)."""
+        chunk = chunk.to(self.device)
+        if self.config.discrete:
+            self._check_ids(chunk)
+        with session.active():
+            out = self._decode_raw(chunk)
+        session.calls += 1
+        return out
 
     def forward_with_latents(self, video: torch.Tensor) -> TokenizerOutput:
         """Differentiable reconstruction (FSQ straight-through); spatial padding is cropped back."""

@@ -2,12 +2,15 @@
 
 Modules that look back in time (causal convs, average pools, the patcher's first-frame repeat,
 temporal attention) hold a `_stream` attribute: None for an ordinary full pass, a dict while
-streaming. Inside `stream_state(...)` every such module gets a fresh dict and keeps there the
-input frames it has not consumed yet (at most kernel-1 frames per conv) and, for temporal
-attention, the keys/values of all past frames at the bottleneck resolution. Chunked output then
-equals one full pass up to float rounding.
+streaming. A `StreamSession` owns one such dict per module and lends them to the modules only
+while one of its calls runs (`with session.active():`); there they keep the input frames they
+have not consumed yet (at most kernel-1 frames per conv) and, for temporal attention, the
+keys/values of all past frames at the bottleneck resolution. Chunked output then equals one
+full pass up to float rounding.
 
-The state lives on the module instances: one stream at a time per model object.
+Between calls the state lives in the session, not on the modules: one model object can serve
+several streams in turn (a tokenizer actor serving whole videos for several shard tasks), one
+active at a time. `stream_state(...)` is a block-scoped session for a single stream.
 """
 
 from __future__ import annotations
@@ -22,16 +25,30 @@ def _stateful(modules: tuple[nn.Module, ...]) -> list[nn.Module]:
     return [m for root in modules for m in root.modules() if hasattr(type(m), "_stream")]
 
 
+class StreamSession:
+    """The causal state of one stream through `modules`, parked between calls."""
+
+    def __init__(self, *modules: nn.Module):
+        self._modules = _stateful(modules)
+        self._state: list[dict] = [{} for _ in self._modules]
+        self.calls = 0  # completed calls: 0 means the next chunk is the stream's first
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Lend this stream's state to the modules for one call."""
+        if any(getattr(m, "_stream", None) is not None for m in self._modules):
+            raise RuntimeError("this tokenizer is already streaming; use one stream per model object")
+        for m, state in zip(self._modules, self._state, strict=True):
+            setattr(m, "_stream", state)  # noqa: B010 (an attribute, not a module or buffer)
+        try:
+            yield
+        finally:
+            for m in self._modules:
+                setattr(m, "_stream", None)  # noqa: B010
+
+
 @contextmanager
 def stream_state(*modules: nn.Module) -> Iterator[None]:
     """Within the block, calls to `modules` continue one causal stream; state is dropped on exit."""
-    stateful = _stateful(modules)
-    if any(getattr(m, "_stream", None) is not None for m in stateful):
-        raise RuntimeError("this tokenizer is already streaming; use one stream per model object")
-    for m in stateful:
-        setattr(m, "_stream", {})  # noqa: B010 (an attribute, not a module or buffer)
-    try:
+    with StreamSession(*modules).active():
         yield
-    finally:
-        for m in stateful:
-            setattr(m, "_stream", None)  # noqa: B010

@@ -42,6 +42,12 @@ SCALAR_COLUMNS = (
     "width",
     "tokenizer",
     "meta",
+    # optional columns (schemas.tokens.OPTIONAL_COLUMNS), copied when the job wrote them
+    "scene_index",
+    "scene_start",
+    "motion",
+    "psnr",
+    "ssim",
 )
 LATENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -22,13 +22,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.readers.clips import DecodedClip, Grid, VideoDone, cut_clips
 from pipeline.readers.decode import Media, VideoError
 from schemas.jobspec import ClipSpec, LimitSpec
 
@@ -117,13 +118,13 @@ class DecodeWorker:
             return f"killed by signal {signal.Signals(-code).name}"
         return f"exited with status {code}"
 
-    def cut_clips(self, key: str, data: Media, spec: ClipSpec,
-                  limits: LimitSpec | None = None) -> Iterator[DecodedClip | VideoDone]:
+    def cut_clips(self, key: str, data: Media, spec: ClipSpec, limits: LimitSpec | None = None,
+                  grid: Grid | None = None) -> Iterator[DecodedClip | VideoDone]:
         """Like clips.cut_clips, in the child. Raises VideoError, including for a crashed child."""
         conn = self._conn or self._start()
         try:
             path = data if isinstance(data, str) else None
-            conn.send((key, path, spec, limits or LimitSpec()))
+            conn.send((key, path, spec, limits or LimitSpec(), grid or Grid()))
             if not isinstance(data, str):
                 conn.send_bytes(data)  # no pickled copy of the video on either side
         except OSError:
@@ -151,13 +152,13 @@ class DecodeWorker:
             raise VideoError("decode", "DecoderTimeout", f"no answer in {self.timeout_s:.0f} s ({how})")
         kind, payload = message
         if kind == "clip":  # header then raw pixels: no pickling of the frames on either side
-            index, start, fps, shape = payload
+            header, shape = payload
             frames = np.empty(shape, np.uint8)
             try:
                 conn.recv_bytes_into(frames.reshape(-1))  # a 1-D view: multiprocessing sizes by len()
             except (EOFError, OSError):
                 raise VideoError("decode", "DecoderCrashed", f"decoder process {self._kill()}") from None
-            payload = DecodedClip(index, start, fps, frames)
+            payload = DecodedClip(**header, frames=frames)
         return kind, payload
 
 
@@ -169,18 +170,19 @@ def _serve(conn: Connection) -> None:
         request: Any = conn.recv()
         if request is None:
             return
-        key, path, spec, limits = request
+        key, path, spec, limits, grid = request
         data: Media = conn.recv_bytes() if path is None else path
         if os.environ.get(CRASH_ENV) == key:
             os.kill(os.getpid(), signal.SIGSEGV)
         if os.environ.get(HANG_ENV) == key:
             time.sleep(3600)
         try:
-            for item in cut_clips(data, spec, limits):
+            for item in cut_clips(data, spec, limits, grid):
                 if isinstance(item, VideoDone):
                     conn.send(("done", item))
                 else:
-                    conn.send(("clip", (item.index, item.start_frame, item.fps, item.frames.shape)))
+                    header = {f.name: getattr(item, f.name) for f in fields(item) if f.name != "frames"}
+                    conn.send(("clip", (header, item.frames.shape)))
                     conn.send_bytes(np.ascontiguousarray(item.frames).reshape(-1).data)  # 1-D: len() = bytes
         except VideoError as exc:
             conn.send(("error", (exc.stage, exc.error_type, str(exc))))

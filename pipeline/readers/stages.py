@@ -9,6 +9,12 @@ Accounting rules (every sample is exactly one of ok / failed; `stats` is updated
 - a decode error after some clips were already yielded keeps the sample ok (those clips are
   real frames) and counts the note "decode_error_after_clips";
 - a broken JSON sidecar keeps the clips with meta None and counts the note "bad_sidecar";
+- a clip whose motion score is below `clips.min_motion` is dropped and counts the note
+  "low_motion" (one per clip; a sample whose clips were all dropped is still ok, not too_short);
+  a whole-video row is judged on its final chunk, which then carries `dropped="low_motion"`
+  (its earlier chunks were already yielded);
+- whole-video rows (`num_frames: all`) arrive as chunks; `stats.clips`/`frames` count a row at
+  its final chunk; a row left without a final chunk (a decode error mid-row) is not a row;
 - a damaged tar stream, or a shard of more than `limits.max_samples_per_shard` samples, ends the
   shard: a DeadLetter(stage="shard", sample_key="") and `stats.shard_error` set, after the
   samples before it were processed.
@@ -29,7 +35,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
-from pipeline.readers.clips import DecodedClip, VideoDone, cut_clips
+from pipeline.readers.clips import DecodedClip, Grid, VideoDone, cut_clips
 from pipeline.readers.decode import Media, VideoError
 from pipeline.readers.isolation import DecodeWorker
 from pipeline.readers.sources import ShardReadError, open_url
@@ -49,14 +55,17 @@ class _InProcess:
 
     restarts = 0
 
-    def cut_clips(self, key: str, data: Media, spec: ClipSpec,
-                  limits: LimitSpec | None = None) -> Iterator[DecodedClip | VideoDone]:
-        return cut_clips(data, spec, limits)
+    def cut_clips(self, key: str, data: Media, spec: ClipSpec, limits: LimitSpec | None = None,
+                  grid: Grid | None = None) -> Iterator[DecodedClip | VideoDone]:
+        return cut_clips(data, spec, limits, grid)
 
 
 def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
-               isolate: bool = True, limits: LimitSpec | None = None) -> Iterator[Clip | DeadLetter]:
-    """Stream one shard and yield its clips and dead letters in order (see the module doc)."""
+               isolate: bool = True, limits: LimitSpec | None = None,
+               grid: Grid | None = None) -> Iterator[Clip | DeadLetter]:
+    """Stream one shard and yield its clips and dead letters in order (see the module doc).
+
+    `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`."""
     sid = shard_id(url)
     limits = limits or LimitSpec()
     seen: set[str] = set()
@@ -83,7 +92,7 @@ def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: S
                 stats.shard_error = f"TooManySamples: {message}"
                 yield DeadLetter(url, "", "shard", "TooManySamples", message)
                 return
-            yield from _sample_clips(sample, sid, clips, stats, decoder, seen, limits)
+            yield from _sample_clips(sample, sid, clips, stats, decoder, seen, limits, grid or Grid())
 
 
 def _infrastructure_errors(url: str, func: Callable[..., T], *args: Any) -> T:
@@ -111,7 +120,7 @@ def _fail(sample: Sample, stats: ShardStats, stage: str, error_type: str, messag
 
 
 def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
-                  seen: set[str], limits: LimitSpec) -> Iterator[Clip | DeadLetter]:
+                  seen: set[str], limits: LimitSpec, grid: Grid) -> Iterator[Clip | DeadLetter]:
     stats.samples_total += 1
     ext = video_member(sample)
     if sample.key in seen:
@@ -123,7 +132,7 @@ def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, d
         yield _fail(sample, stats, "read", "NoVideoMember", f"no video member (members: {members})")
     else:
         meta, bad_sidecar = _meta(sample)
-        produced = yield from _decoded_clips(sample, ext, sid, spec, stats, decoder, meta, limits)
+        produced = yield from _decoded_clips(sample, ext, sid, spec, stats, decoder, meta, limits, grid)
         if produced is not None:  # the sample is ok: count its notes
             stats.samples_ok += 1
             if bad_sidecar:
@@ -134,11 +143,12 @@ def _sample_clips(sample: Sample, sid: str, spec: ClipSpec, stats: ShardStats, d
 
 
 def _decoded_clips(sample: Sample, ext: str, sid: str, spec: ClipSpec, stats: ShardStats, decoder: Any,
-                   meta: str | None, limits: LimitSpec) -> Generator[Clip | DeadLetter, None, int | None]:
-    """Yield the sample's clips (or its one dead letter); return the clip count, None if failed."""
+                   meta: str | None, limits: LimitSpec, grid: Grid) -> Generator[Clip | DeadLetter, None, int | None]:
+    """Yield the sample's clips (or its one dead letter); return the clips cut, None if failed."""
     produced = 0
     data = sample.members[ext] if ext in sample.members else sample.files[ext]
-    items = iter(decoder.cut_clips(sample.key, data, spec, limits))
+    items = iter(decoder.cut_clips(sample.key, data, spec, limits, grid))
+    row_frames = 0
     while True:
         started = time.perf_counter()
         try:
@@ -157,12 +167,30 @@ def _decoded_clips(sample: Sample, ext: str, sid: str, spec: ClipSpec, stats: Sh
             return produced
         if isinstance(item, VideoDone):
             stats.video_seconds += item.duration
+            stats.scene_cuts += item.cuts
+            continue
+        row_frames += item.frames.shape[0]
+        if not item.final:
+            yield _clip(item, sid, sample, ext, meta)
             continue
         produced += 1
-        stats.clips += 1
-        stats.frames += item.frames.shape[0]
-        yield Clip(clip_key(sid, sample.key, item.index), sample.source_url, sample.key, item.index,
-                   item.start_frame, item.fps, item.frames, meta, sample.source_member(ext))
+        dropped = "low_motion" if spec.min_motion is not None and (item.motion or 0.0) < spec.min_motion else None
+        if dropped:
+            stats.notes[dropped] += 1
+        else:
+            stats.clips += 1
+            stats.frames += row_frames
+        row_frames = 0
+        if item.part is not None or not dropped:  # a row's final chunk closes its stream even when dropped
+            yield _clip(item, sid, sample, ext, meta, dropped)
+
+
+def _clip(item: DecodedClip, sid: str, sample: Sample, ext: str, meta: str | None,
+          dropped: str | None = None) -> Clip:
+    return Clip(clip_key(sid, sample.key, item.index), sample.source_url, sample.key, item.index,
+                item.start_frame, item.fps, item.frames, meta, sample.source_member(ext), scene=item.scene,
+                scene_start=item.scene_start, motion=item.motion, part=item.part, final=item.final,
+                dropped=dropped)
 
 
 def _meta(sample: Sample) -> tuple[str | None, bool]:

@@ -64,11 +64,12 @@ class ShardWriter:
 
     def __init__(self, output_uri: str, shard_id: str, source_url: str, fmt: str = "parquet",
                  file_metadata: dict[str, str] | None = None, storage_options: dict[str, Any] | None = None,
-                 attempt: int = 1, kind: Kind | None = None):
+                 attempt: int = 1, kind: Kind | None = None, optional_columns: tuple[str, ...] = ()):
         if fmt not in _EXT:
             raise ValueError(f"output format must be one of {sorted(_EXT)}, got {fmt!r}")
         self.output_uri, self.shard_id, self.source_url = output_uri, shard_id, source_url
         self.fmt, self.attempt = fmt, attempt
+        self.optional_columns = optional_columns  # schemas.tokens.OPTIONAL_COLUMNS this job writes
         self.fs, self.root = storage.get_fs(output_uri, storage_options)
         self.metadata = dict(file_metadata or {})
         self.metadata.update({META_SHARD_ID: shard_id, META_SOURCE_URL: source_url})
@@ -118,7 +119,7 @@ class ShardWriter:
             raise ValueError(f"shard {self.shard_id}: writer expects {self.kind} output, got {kind}")
         self.kind = kind
         cls = ParquetTokenFile if self.fmt == "parquet" else TarTokenFile
-        self._tokens = cls(self._tmp_tokens, kind, self.metadata)
+        self._tokens = cls(self._tmp_tokens, kind, self.metadata, self.optional_columns)
 
     def add_error(self, dead: DeadLetter) -> None:
         self._check_open()

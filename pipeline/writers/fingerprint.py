@@ -3,7 +3,8 @@
 Components are keyed by the dotted spec field they come from, so a refusal can name the field
 (`clips.num_frames: 17 -> 33`). Fields that do not change tokens (resources, retries,
 batch size, name, storage options, input shard list) are deliberately left out: they may
-change between a run and its resume.
+change between a run and its resume. Keys added after the first release enter only when they
+differ from their default (`_added_components`), so an older job's fingerprint is unchanged.
 
 `tokenizer.revision` (the Hub commit the weights came from, for Hub repo ids) is recorded and
 compared on resume but not hashed into the digest that marks manifest records: the tokens
@@ -18,7 +19,7 @@ import hashlib
 import json
 from typing import Any
 
-from schemas.config import SpecError
+from schemas.config import SpecError, to_dict
 from schemas.errors import ERRORS_SCHEMA_VERSION
 from schemas.hubref import parse_hub_ref
 from schemas.jobspec import JobSpec
@@ -74,13 +75,37 @@ def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_has
         "clips.fps": clips.fps,
         "clips.stride": clips.stride,
         "clips.max_clips_per_video": clips.max_clips_per_video,
-        "clips.resolution": list(clips.resolution),
+        "clips.resolution": _resolution(clips.resolution),
         "clips.decoder": clips.decoder,
         "output.format": spec.output.format,
         "schema_version": f"tokens={TOKENS_SCHEMA_VERSION},errors={ERRORS_SCHEMA_VERSION}",
+        **_added_components(spec),
     }
     hashed = {k: v for k, v in components.items() if k not in _NOT_HASHED}
     return {**components, DIGEST: _sha(_canonical(hashed))}
+
+
+def _resolution(resolution: Any) -> Any:
+    """[H, W] as the list it always was; {short_side, max_long_side} as a mapping."""
+    return list(resolution) if isinstance(resolution, tuple) else to_dict(resolution)
+
+
+def _added_components(spec: JobSpec) -> dict[str, Any]:
+    """Later keys that change which clips are written, their tokens or their columns, when not default.
+
+    chunk_frames is in because a streamed encode equals one pass only up to float rounding
+    (ids near an FSQ bin edge can flip); quality.sample_rate because it adds columns."""
+    clips = spec.clips
+    added: dict[str, Any] = {}
+    if clips.split_scenes:
+        added.update({"clips.split_scenes": True, "clips.scene_threshold": clips.scene_threshold})
+    if clips.min_motion is not None:
+        added["clips.min_motion"] = clips.min_motion
+    if clips.num_frames == "all":
+        added.update({"clips.max_frames": clips.max_frames, "clips.chunk_frames": clips.chunk_frames})
+    if spec.quality.sample_rate > 0:
+        added["quality.sample_rate"] = spec.quality.sample_rate
+    return added
 
 
 def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

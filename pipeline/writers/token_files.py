@@ -22,7 +22,14 @@ import pyarrow.parquet as pq
 
 from pipeline.records import safe_key
 from schemas.errors import error_schema
-from schemas.tokens import MAX_VOCAB_SIZE, ROW_GROUP_BYTES, ROW_GROUP_ROWS, Kind, token_schema
+from schemas.tokens import (
+    MAX_VOCAB_SIZE,
+    OPTIONAL_COLUMNS,
+    ROW_GROUP_BYTES,
+    ROW_GROUP_ROWS,
+    Kind,
+    token_schema,
+)
 
 # measured in bench/bench_output_encoding.py: see docs/output.md
 PARQUET_OPTIONS: dict[str, Any] = {
@@ -49,6 +56,11 @@ class ClipInfo:
     width: int
     meta: str | None = None
     source_member: str | None = None  # the video's member name as the input shard spells it
+    scene_index: int | None = None
+    scene_start: int | None = None
+    motion: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
 
     @classmethod
     def from_clip(cls, clip: Any) -> ClipInfo:
@@ -65,6 +77,8 @@ class ClipInfo:
             clip_index=int(clip.clip_index), start_frame=int(clip.start_frame), num_frames=num_frames,
             fps=float(clip.fps), height=height, width=width, meta=clip.meta,
             source_member=getattr(clip, "source_member", None),
+            scene_index=getattr(clip, "scene", None), scene_start=getattr(clip, "scene_start", None),
+            motion=getattr(clip, "motion", None),
         )
 
 
@@ -116,8 +130,23 @@ def _from_torch(tensor: Any) -> Any:
     return tensor.numpy()
 
 
-def _common_row(info: ClipInfo, tokenizer: str) -> dict[str, Any]:
-    row = asdict(info)
+def optional_columns(clips: Any, quality: Any) -> tuple[str, ...]:
+    """The optional token columns (schemas.tokens.OPTIONAL_COLUMNS) a job with these specs writes."""
+    names: list[str] = []
+    if clips.split_scenes:
+        names += ["scene_index", "scene_start"]
+    if clips.min_motion is not None:
+        names.append("motion")
+    if quality.sample_rate > 0:
+        names += ["psnr", "ssim"]
+    return tuple(names)
+
+
+_OPTIONAL = set(OPTIONAL_COLUMNS)
+
+
+def _common_row(info: ClipInfo, tokenizer: str, optional: tuple[str, ...]) -> dict[str, Any]:
+    row = {k: v for k, v in asdict(info).items() if k not in _OPTIONAL or k in optional}
     row["tokenizer"] = tokenizer
     return row
 
@@ -125,10 +154,11 @@ def _common_row(info: ClipInfo, tokenizer: str) -> dict[str, Any]:
 class ParquetTokenFile:
     """Token rows into one Parquet file, a row group every ROW_GROUP_ROWS clips (or bytes)."""
 
-    def __init__(self, path: str, kind: Kind, metadata: dict[str, str]):
+    def __init__(self, path: str, kind: Kind, metadata: dict[str, str], optional: tuple[str, ...] = ()):
         self.path = path
         self.kind = kind
-        self.schema = token_schema(kind, metadata)
+        self.optional = optional
+        self.schema = token_schema(kind, metadata, optional)
         self.rows = 0
         self._writer = pq.ParquetWriter(path, self.schema, **PARQUET_OPTIONS)
         self._buffer: list[tuple[dict[str, Any], Encoded]] = []
@@ -137,7 +167,7 @@ class ParquetTokenFile:
     def add(self, info: ClipInfo, enc: Encoded, tokenizer: str) -> None:
         if enc.kind != self.kind:
             raise ValueError(f"clip {info.key}: {enc.kind} output in a {self.kind} token file")
-        self._buffer.append((_common_row(info, tokenizer), enc))
+        self._buffer.append((_common_row(info, tokenizer, self.optional), enc))
         self._buffer_bytes += enc.array.nbytes
         if len(self._buffer) >= ROW_GROUP_ROWS or self._buffer_bytes >= ROW_GROUP_BYTES:
             self._flush()
@@ -178,17 +208,18 @@ class TarTokenFile:
     the folder the tar is extracted into.
     """
 
-    def __init__(self, path: str, kind: Kind, metadata: dict[str, str]):
+    def __init__(self, path: str, kind: Kind, metadata: dict[str, str], optional: tuple[str, ...] = ()):
         self.path = path
         self.kind = kind
         self.metadata = metadata
+        self.optional = optional
         self.rows = 0
         self._tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
 
     def add(self, info: ClipInfo, enc: Encoded, tokenizer: str) -> None:
         if enc.kind != self.kind:
             raise ValueError(f"clip {info.key}: {enc.kind} output in a {self.kind} token file")
-        row = _common_row(info, tokenizer)
+        row = _common_row(info, tokenizer, self.optional)
         if enc.kind == "discrete":
             row["token_shape"] = list(enc.shape)
         else:

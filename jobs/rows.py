@@ -1,0 +1,219 @@
+"""Whole-video rows (`clips.num_frames: all`): one exact causal stream per row, chunk by chunk.
+
+    shard task                                   tokenizer actor
+    RowStreamer.push(chunk record) ──────────►   TokenizerWorker.stream_encode(session, part, frames, ...)
+      keeps every chunk's ObjectRef                StreamTable: session -> encoder (and decoder) state
+      collects the chunk outputs in order          returns the chunk's ids / latents (+ quality at the end)
+      writes the row when its final chunk is in
+
+All chunks of a row go to one actor (the stream's causal state lives there); Ray runs one
+caller's calls to an actor in submission order, so chunks are sent without waiting. Actor
+memory is bounded by the chunk (plus temporal attention's key/value cache, which grows with the
+row: see docs/tokenizer.md). The shard task keeps the row's chunks in the object store until the
+row is written (Ray spills them to disk when large; `clips.max_frames` bounds a row): if the
+actor dies, or no longer holds the session, the row restarts on another actor from its first
+chunk, with nothing decoded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 64  # sessions an actor keeps; the least recently used beyond are dropped (restarted)
+
+
+class StreamLost(RuntimeError):
+    """The actor holds no state for this stream (it restarted, dropped it, or a chunk is out of order)."""
+
+
+# ---- actor side -----------------------------------------------------------------------------
+@dataclass
+class _Stream:
+    encoder: Any  # tokenizer_core.streaming.StreamSession
+    decoder: Any | None  # set when the row's quality is sampled
+    quality: Any | None  # tokenizer_core.metrics.RunningQuality
+    parts: int = 0
+
+
+class StreamTable:
+    """The streams one actor serves, by session id (LRU-bounded)."""
+
+    def __init__(self, tok: Any):
+        self.tok = tok
+        self.streams: OrderedDict[str, _Stream] = OrderedDict()
+
+    def _stream(self, session: str, part: int, score: bool) -> _Stream:
+        from tokenizer_core.metrics import RunningQuality
+
+        if part == 0:
+            self.streams.pop(session, None)
+            decoder = self.tok.stream_session("decode") if score else None
+            self.streams[session] = _Stream(self.tok.stream_session("encode"), decoder,
+                                            RunningQuality() if score else None)
+            while len(self.streams) > MAX_STREAMS:
+                self.streams.popitem(last=False)
+        stream = self.streams.get(session)
+        if stream is None or stream.parts != part:
+            have = "none" if stream is None else f"part {stream.parts} next"
+            raise StreamLost(f"stream {session}: got part {part}, actor holds {have}")
+        self.streams.move_to_end(session)
+        return stream
+
+    def encode(self, session: str, part: int, video: Any, frames: np.ndarray, final: bool,
+               score: bool) -> tuple[np.ndarray, dict[str, float] | None]:
+        """video: float [1, 3, T, H, W] on the device; frames: the same chunk as uint8 [1, T, H, W, 3]."""
+        import torch
+
+        from tokenizer_core import metrics
+
+        stream = self._stream(session, part, score)
+        try:
+            out = self.tok.encode_chunk(stream.encoder, video)
+            if stream.quality is not None:
+                recon = self.tok.decode_chunk(stream.decoder, out)  # [1, 3, T, H, W]
+                stream.quality.add(metrics.from_uint8_frames(torch.as_tensor(frames[0])),
+                                   metrics.to_pixels(recon[0].cpu()))
+        except BaseException:
+            self.streams.pop(session, None)  # half-updated state must not be continued
+            raise
+        stream.parts += 1
+        result = out.cpu().numpy() if out.dtype == torch.int64 else out.float().cpu().numpy()
+        scores = None
+        if final:
+            del self.streams[session]
+            if stream.quality is not None:
+                scores = {"psnr": stream.quality.psnr, "ssim": stream.quality.ssim}
+        return result, scores
+
+    def close(self, session: str) -> None:
+        self.streams.pop(session, None)
+
+
+# ---- shard-task side ------------------------------------------------------------------------
+@dataclass
+class _Row:
+    first: Any  # the Clip record of part 0 (row fields)
+    session: str
+    actor: int
+    score: bool
+    refs: list[Any] = field(default_factory=list)  # ObjectRef per chunk: uint8 [1, T, H, W, 3]
+    finals: list[bool] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)  # ObjectRef per chunk, None once resolved
+    arrays: list[Any] = field(default_factory=list)  # resolved (encoded, scores) per chunk
+    frames: int = 0
+    last: Any = None  # the final chunk's record once it arrived
+    sends: int = 1
+
+
+class RowStreamer:
+    """Streams whole-video rows through the actors and writes each when complete (module doc)."""
+
+    def __init__(self, router: Any, writer: Any, job: Any, stats: Any, sampled: Any):
+        self.router, self.writer, self.job, self.stats = router, writer, job, stats
+        self.sampled = sampled  # key -> bool: is this row's quality measured
+        self.open: _Row | None = None
+        self.queue: deque[_Row] = deque()  # rows with all chunks sent, oldest first
+
+    def push(self, chunk: Any) -> None:
+        """One chunk record (pipeline.records.Clip with `part` set), in order."""
+        if self.open is not None and (chunk.part == 0 or chunk.key != self.open.first.key):
+            self._abandon(self.open)  # its video ended without a final chunk (a decode error)
+        if chunk.part == 0:
+            self.open = _Row(chunk, uuid.uuid4().hex, self.router.pick(), self.sampled(chunk.key))
+        row = self.open
+        if row is None or chunk.part != len(row.refs):
+            raise RuntimeError(f"row {chunk.key}: chunk {chunk.part} arrived out of order")
+        if chunk.final and chunk.dropped:
+            self._abandon(row)
+            return
+        import ray
+
+        row.refs.append(ray.put(np.ascontiguousarray(chunk.frames)[None]))
+        row.finals.append(chunk.final)
+        row.results.append(self._call(row, chunk.part))
+        row.frames += chunk.frames.shape[0]
+        if chunk.final:
+            row.last, self.open = chunk, None
+            self.queue.append(row)
+        self._drain(self.job.max_batches_in_flight * 2)
+
+    def close(self) -> None:
+        """At the shard's end: drop an unfinished row, wait for and write every finished one."""
+        if self.open is not None:
+            self._abandon(self.open)
+        self._drain(0)
+
+    def _call(self, row: _Row, part: int) -> Any:
+        actor = self.router.actors[row.actor]
+        return actor.stream_encode.remote(row.session, part, row.refs[part], row.finals[part], row.score)
+
+    def _abandon(self, row: _Row) -> None:
+        self.router.actors[row.actor].stream_close.remote(row.session)
+        if row is self.open:
+            self.open = None
+
+    def _outstanding(self) -> list[tuple[_Row, int]]:
+        rows = [*self.queue, *([self.open] if self.open is not None else [])]
+        return [(r, i) for r in rows for i, ref in enumerate(r.results) if ref is not None]
+
+    def _drain(self, limit: int) -> None:
+        """Resolve the oldest outstanding chunks until at most `limit` remain; write finished rows."""
+        while True:
+            while self.queue and all(ref is None for ref in self.queue[0].results):
+                self._write(self.queue.popleft())
+            pending = self._outstanding()
+            if len(pending) <= limit:
+                return
+            self._resolve(*pending[0])
+
+    def _resolve(self, row: _Row, part: int) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        from jobs.shard_task import BATCH_TIMEOUT_S, MAX_RESENDS, TokenizerUnavailable
+
+        started = time.monotonic()
+        try:
+            value = ray.get(row.results[part], timeout=BATCH_TIMEOUT_S)
+        except GetTimeoutError as exc:
+            raise TokenizerUnavailable(f"tokenizer actor {row.actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
+        except (RayActorError, StreamLost) as exc:
+            if row.sends > MAX_RESENDS:
+                raise TokenizerUnavailable(f"row {row.first.key} lost {row.sends} times: {exc}") from exc
+            self._restart(row, exc)
+            return
+        finally:
+            seconds: Any = self.stats.seconds
+            seconds["tokenize_wait"] += time.monotonic() - started
+        row.arrays.append(value)
+        row.results[part] = None
+
+    def _restart(self, row: _Row, exc: BaseException) -> None:
+        """Send the row again from its first chunk, to another actor where one is healthy."""
+        log.warning("row %s: tokenizer stream lost (%s); restarting it", row.first.key, type(exc).__name__)
+        self.router.suspect(row.actor)
+        row.actor, row.session, row.sends = self.router.pick(), uuid.uuid4().hex, row.sends + 1
+        row.arrays = []
+        row.results = [self._call(row, part) for part in range(len(row.refs))]
+
+    def _write(self, row: _Row) -> None:
+        from pipeline.writers.commit import ClipInfo
+
+        parts = [encoded for encoded, _ in row.arrays]  # each [1, t', h, w] ids or [1, c, t', h, w]
+        encoded = np.concatenate(parts, axis=1 if parts[0].dtype.kind in "iu" else 2)[0]
+        scores = row.arrays[-1][1]
+        info = replace(ClipInfo.from_clip(row.first), num_frames=row.frames, motion=row.last.motion)
+        if scores is not None:
+            info = replace(info, psnr=scores["psnr"], ssim=scores["ssim"])
+            self.stats.add_quality(scores["psnr"], scores["ssim"])
+        self.writer.add(info, encoded, self.job.tokenizer_name)
+        self.stats.tokens += int(encoded.size if encoded.dtype.kind in "iu" else encoded[0].size)
