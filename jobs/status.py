@@ -64,7 +64,7 @@ def output_status(output_uri: str, storage_options: dict[str, Any] | None = None
         "fingerprint": str(job.fingerprint.get("digest", ""))[:12],
         **{k: totals[k] for k in ("shards_total", "shards_done", "shards_failed", "shards_pending",
                                   "samples_total", "samples_ok", "samples_failed", "clips_written",
-                                  "tokens_written", "failures_by_reason")},
+                                  "tokens_written", "failures_by_reason", "notes_by_reason", "quality")},
         "shards_per_s": shard_rate,
         "clips_per_s": clip_rate,
         "eta_seconds": pending / shard_rate if shard_rate and pending and not finished else None,
@@ -94,6 +94,10 @@ def format_status(status: dict[str, Any]) -> str:
         f"rate     {rate * 60:.2f} shards/min, {status['clips_per_s']:.2f} clips/s" if rate else "rate     -",
         f"eta      {_duration(status['eta_seconds'])}    last shard finished {_duration(ago)} ago",
     ]
+    quality = status.get("quality")
+    if quality:
+        lines.append(f"quality  psnr {quality['psnr_mean']:.2f} dB mean, {quality['psnr_p5']:.2f} p5; ssim "
+                     f"{quality['ssim_mean']:.4f} mean, {quality['ssim_p5']:.4f} p5 (over {quality['clips']} sampled clips)")
     for reason, count in sorted(status["failures_by_reason"].items(), key=lambda kv: -kv[1])[:10]:
         lines.append(f"  failed {count:6d}  {reason}")
     return "\n".join(lines)

@@ -27,7 +27,9 @@ SUMMARY_KEYS = (
     "tokens_written",
     "video_seconds",
     "failures_by_reason",  # DeadLetter.reason -> count
-    "notes_by_reason",  # non-fatal notes ("too_short", ...) -> count
+    "notes_by_reason",  # non-fatal notes ("too_short", "low_motion", ...) -> count
+    "scene_cuts",  # shot cuts found (clips.split_scenes), 0 otherwise
+    "quality",  # sampled round-trip quality (quality.sample_rate): clips, psnr/ssim _mean and _p5; or null
     "stage_seconds",  # stage -> summed wall seconds over shards
     "throughput",  # clips_per_s, frames_per_s, tokens_per_s, video_hours_per_hour (this run)
     "quarantined",  # [{"shard_id", "source_url", "reason", "attempts"}]

@@ -35,9 +35,25 @@ def _totals(records: list[ManifestRecord]) -> dict[str, Any]:
         notes.update(r.stats.get("notes", {}))
         seconds.update(r.stats.get("seconds", {}))
     sums["video_seconds"] = sum(float(r.stats.get("video_seconds", 0.0)) for r in records)
+    sums["scene_cuts"] = sum(int(r.stats.get("scene_cuts", 0)) for r in records)
+    sums["quality"] = [q for r in records for q in r.stats.get("quality", [])]
     sums["failures"], sums["notes"] = dict(failures), dict(notes)
     sums["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     return sums
+
+
+def quality_summary(scores: list[list[float]]) -> dict[str, Any] | None:
+    """Mean and 5th percentile of the sampled clips' [psnr, ssim] (quality.sample_rate); None if none."""
+    if not scores:
+        return None
+    import numpy as np
+
+    values = np.asarray(scores, dtype=np.float64)  # [clips, 2]
+    out: dict[str, Any] = {"clips": len(scores)}
+    for i, name in enumerate(("psnr", "ssim")):
+        out[f"{name}_mean"] = round(float(values[:, i].mean()), 4)
+        out[f"{name}_p5"] = round(float(np.percentile(values[:, i], 5)), 4)
+    return out
 
 
 def _throughput(records: list[ManifestRecord], started_at: float | None, wall: float | None) -> dict[str, Any]:
@@ -87,6 +103,8 @@ def build_summary(records: Mapping[str, ManifestRecord] | Iterable[ManifestRecor
         "video_seconds": round(t["video_seconds"], 3),
         "failures_by_reason": t["failures"],
         "notes_by_reason": t["notes"],
+        "scene_cuts": t["scene_cuts"],
+        "quality": quality_summary(t["quality"]),
         "stage_seconds": t["seconds"],
         "throughput": _throughput(recs, started_at, timings.get("wall_seconds")),
         "quarantined": quarantined,
