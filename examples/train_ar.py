@@ -9,7 +9,8 @@ What it does:
    held out, the rest train, so no held-out clip (nor any other clip of its source videos in
    those shards) is seen in training.
 2. Counts the training ids and prints their unigram entropy H (nats per token, and bits).
-3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings, plus the ids above
+3. Trains a GPT (causal self-attention, factorised t/h/w position embeddings (each clip's own
+   token grid: clips of native aspect ratios or whole videos have different grids), plus the ids above
    and one latent frame before each predicted token as inputs and as a copy head, and FSQ digit
    embeddings when the job's tokenizer config names FSQ levels; see TinyGPT) on clips read by
    `pipeline.loader.TokenLoader` and packed into rows by `pipeline.loader.sequences.PackCollator`:
@@ -103,20 +104,21 @@ class TinyGPT(nn.Module):
             x = x + emb(self.digits[ids, i])
         return x
 
-    def positions(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """position_ids [B, L] (offset inside the clip: 0 = BOV, 1.. = ids, last = EOV) -> [B, L, D]."""
-        t, h, w = self.grid
-        idx = position_ids - 1  # index of the video token in raster order
-        video = (idx >= 0) & (idx < t * h * w)
-        idx = idx.clamp(0, t * h * w - 1)
-        emb = self.pos_t(idx // (h * w)) + self.pos_h(idx // w % h) + self.pos_w(idx % w)
-        special = self.special((idx > 0).long())  # BOV -> 0, EOV -> 1 (only used where ~video)
+    def positions(self, position_ids: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """position_ids [B, L] (offset inside the clip: 0 = BOV, 1.. = ids, last = EOV) and coords
+        [3, B, L] (each video token's t, h, w in its clip's grid, -1 elsewhere) -> [B, L, D].
+        Coordinates past the largest training grid share its last embedding."""
+        video = coords[0] >= 0
+        t, h, w = (c.clamp(0, n - 1) for c, n in zip(coords, self.grid, strict=True))
+        emb = self.pos_t(t) + self.pos_h(h) + self.pos_w(w)
+        special = self.special((position_ids > 0).long())  # BOV -> 0, EOV -> 1 (only used where ~video)
         return torch.where(video.unsqueeze(-1), emb, special)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, document_ids: torch.Tensor,
-                near: torch.Tensor) -> torch.Tensor:
-        """near: [2, B, L] ids above / one latent frame before the next token (-1: none) -> logits [B, L, vocab]."""
-        x = self.embed(input_ids) + self.positions(position_ids)
+                near: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """near: [2, B, L] ids above / one latent frame before the next token (-1: none); coords:
+        [3, B, L] (see `positions`) -> logits [B, L, vocab]."""
+        x = self.embed(input_ids) + self.positions(position_ids, coords)
         for ids, project in zip(near, (self.above, self.before), strict=True):
             x = x + project(self.embed(ids.clamp(min=0))) * (ids >= 0).unsqueeze(-1)
         mask = document_causal_mask(document_ids).unsqueeze(1)  # [B, 1, L, L]
@@ -153,9 +155,28 @@ def clip_neighbours(tokens: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def clip_coords(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [t, h, w] -> [3, t*h*w + 2]: the (t, h, w) of the token at each position of the clip's
+    sequence (BOV, ids, EOV); -1 at BOV and EOV. Clips of any grid can share a packed row."""
+    t, h, w = tokens.shape
+    out = torch.full((3, t * h * w + 2), -1, dtype=torch.int64)
+    index = torch.arange(t * h * w)
+    out[:, 1:-1] = torch.stack([index // (h * w), index // w % h, index % w])
+    return out
+
+
+def _lay_out(per_clip: list[torch.Tensor], rows: int, length: int) -> torch.Tensor:
+    """Per-clip [k, n_i] tensors laid end to end like pack_clips' sequences, -1 after them: [k, rows, L]."""
+    flat = torch.cat(per_clip, dim=1)
+    padded = torch.full((flat.shape[0], rows * length), -1, dtype=torch.int64)
+    padded[:, : flat.shape[1]] = flat
+    return padded.view(-1, rows, length)
+
+
 class CompactPack:
     """collate_fn: map ids to the compact vocabulary, pack (pipeline.loader.sequences.pack_clips), and lay
-    out each clip's neighbour ids (`clip_neighbours`) the same way, as batch["near"] [2, rows, L]."""
+    out each clip's neighbour ids (`clip_neighbours`) and token coordinates (`clip_coords`) the same
+    way, as batch["near"] [2, rows, L] and batch["coords"] [3, rows, L]."""
 
     def __init__(self, table: torch.Tensor, spec: SequenceSpec, seq_len: int):
         self.table, self.spec, self.seq_len = table, spec, seq_len
@@ -163,26 +184,24 @@ class CompactPack:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mapped = [{**it, "tokens": self.table[it["tokens"]]} for it in items]  # int64 gather, no float
         batch = pack_clips(mapped, self.spec, self.seq_len)
-        near = torch.cat([clip_neighbours(it["tokens"]) for it in mapped], dim=1)  # same flat layout
         rows, length = batch["input_ids"].shape
-        padded = torch.full((2, rows * length), -1, dtype=torch.int64)
-        padded[:, : near.shape[1]] = near
-        batch["near"] = padded.view(2, rows, length)
+        batch["near"] = _lay_out([clip_neighbours(it["tokens"]) for it in mapped], rows, length)
+        batch["coords"] = _lay_out([clip_coords(it["tokens"]) for it in mapped], rows, length)
         return batch
 
 
-def id_counts(ds: TokenDataset) -> tuple[np.ndarray, tuple[int, int, int], int]:
-    """Counts of every id over the dataset, the (common) token grid and the number of clips."""
+def id_counts(ds: TokenDataset) -> tuple[np.ndarray, tuple[int, int, int], int, int]:
+    """Counts of every id over the dataset, the largest token grid (per axis), the number of clips
+    and the length of the longest clip's sequence."""
     counts = np.zeros(ID_SPACE, dtype=np.int64)
-    grids = set()
-    clips = 0
+    grid, clips, longest = (1, 1, 1), 0, 0
     for item in ds:
         counts += np.bincount(item["tokens"].reshape(-1).numpy(), minlength=ID_SPACE)
-        grids.add(tuple(item["tokens"].shape))
+        shape = tuple(item["tokens"].shape)
+        grid = (max(grid[0], shape[0]), max(grid[1], shape[1]), max(grid[2], shape[2]))
+        longest = max(longest, int(np.prod(shape)) + 2)  # BOV + ids + EOV
         clips += 1
-    if len(grids) != 1:
-        raise SystemExit(f"clips have different token grids {sorted(grids)}; this example needs one")
-    return counts, grids.pop(), clips
+    return counts, grid, clips, longest
 
 
 def entropy_nats(counts: np.ndarray) -> float:
@@ -232,7 +251,8 @@ def train(model: TinyGPT, loader: TokenLoader, steps: int, lr: float, log_every:
     while step < steps:
         loader.set_epoch(epoch)
         for batch in loader:
-            logits = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"])
+            logits = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"],
+                           batch["coords"])
             loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())  # ignore_index -100
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,7 +275,8 @@ def heldout_nats(model: TinyGPT, loader: TokenLoader, other: int, outside: int) 
     total, count = 0.0, 0
     for batch in loader:
         labels = batch["labels"]
-        logp = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"]).log_softmax(-1)
+        logp = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["near"],
+                     batch["coords"]).log_softmax(-1)
         nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         nll = nll + (labels == other) * math.log(max(outside, 1))  # spread p(other) over those ids
         video = (labels >= 0) & (labels <= other)  # video-token targets: not EOV, not ignored
@@ -309,9 +330,10 @@ class Split:
     held_ids: list[str]
     counts: np.ndarray = field(repr=False)  # int64 [ID_SPACE], training ids
     held_counts: np.ndarray = field(repr=False)
-    grid: tuple[int, int, int]
+    grid: tuple[int, int, int]  # the largest token grid per axis, over training and held-out clips
     train_clips: int
     held_clips: int
+    longest: int = 0  # the longest clip sequence (BOV + ids + EOV) in training
     levels: list[int] | None = None  # FSQ levels from the tokenizer config in the token files
 
     def dataset(self, held_out: bool, shuffle: bool) -> TokenDataset:
@@ -324,12 +346,11 @@ def load_split(args: argparse.Namespace) -> Split:
     so = json.loads(args.storage_options) if args.storage_options else None
     train_ids, held_ids = split_shards(args.data, so, args.holdout_shards)
     split = Split(args.data, so, args.seed, train_ids, held_ids, np.zeros(0), np.zeros(0), (0, 0, 0), 0, 0)
-    split.counts, split.grid, split.train_clips = id_counts(split.dataset(held_out=False, shuffle=False))
-    split.held_counts, held_grid, split.held_clips = id_counts(split.dataset(held_out=True, shuffle=False))
+    split.counts, grid, split.train_clips, split.longest = id_counts(split.dataset(held_out=False, shuffle=False))
+    split.held_counts, held_grid, split.held_clips, _ = id_counts(split.dataset(held_out=True, shuffle=False))
+    split.grid = (max(grid[0], held_grid[0]), max(grid[1], held_grid[1]), max(grid[2], held_grid[2]))
     config = split.dataset(held_out=False, shuffle=False).tokenizer_config or {}
     split.levels = config.get("levels") if config.get("discrete", True) else None
-    if held_grid != split.grid:
-        raise SystemExit(f"held-out clips have token grid {list(held_grid)}, training clips {list(split.grid)}")
     largest = int(np.flatnonzero(split.counts + split.held_counts).max())
     if largest >= args.vocab_size:
         raise SystemExit(f"id {largest} is outside --vocab-size {args.vocab_size}")
@@ -347,12 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = len(keep)
     print(f"data: {args.data}: train {split.train_clips} clips from {len(split.train_ids)} shard(s), "
           f"held out {split.held_clips} clips from {', '.join(split.held_ids)}")
-    print(f"token grid [t, h, w] = {list(split.grid)}; {int(split.counts.sum()):,} training tokens, "
+    print(f"largest token grid [t, h, w] = {list(split.grid)}; {int(split.counts.sum()):,} training tokens, "
           f"{int((split.counts > 0).sum()):,} distinct ids; output classes: {known} ids + other")
     print(f"unigram entropy of the training tokens: {entropy:.4f} nats/token ({entropy / math.log(2):.4f} bits)")
 
     spec = SequenceSpec(vocab_size=known + 1)  # compact ids 0..known-1, "other" = known
-    clip_len = int(np.prod(split.grid)) + 2  # BOV + ids + EOV
+    clip_len = split.longest
     collate = CompactPack(table, spec, args.seq_len or math.ceil(clip_len / math.ceil(clip_len / 1024)))
     digits = fsq_digits(keep, split.levels, spec.total_vocab) if args.fsq_digits else None
     model = TinyGPT(spec.total_vocab, split.grid, args.dim, args.layers, args.heads, digits)

@@ -14,7 +14,7 @@ from pipeline.loader.sequences import (
     document_causal_mask,
     pack_clips,
 )
-from tests.loader_support import write_output
+from tests.loader_support import clip_ids, write_output
 
 IGN = -100
 
@@ -96,9 +96,15 @@ def test_document_mask_is_causal_within_a_clip_only():
             assert bool(mask[i, j]) == expected, (i, j)
 
 
-def test_packed_batches_from_the_loader_keep_every_clip(tmp_path):
-    """TokenLoader + PackCollator over real token files: unpacking the rows gives back every clip's ids."""
-    write_output(tmp_path, [3, 2], shape=(2, 3, 4))
+GRIDS = [(2, 3, 4), (2, 4, 3), (5, 3, 4)]  # native aspect ratios and a longer whole-video row
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_packed_batches_from_the_loader_keep_every_clip(tmp_path, mixed):
+    """TokenLoader + PackCollator over real token files: unpacking the rows gives back every clip's
+    ids, also when the clips have different token grids."""
+    ids_for = (lambda s, r: clip_ids(s, r, GRIDS[(s + r) % 3])) if mixed else None
+    write_output(tmp_path, [3, 2], shape=(2, 3, 4), ids_for=ids_for)
     spec = SequenceSpec(vocab_size=64_000, vocab_offset=5)
     ds = TokenDataset(str(tmp_path), seed=0)
     clips = {it["key"]: clip_sequence(it["tokens"], spec) for it in ds}
@@ -110,3 +116,5 @@ def test_packed_batches_from_the_loader_keep_every_clip(tmp_path):
             seen[key] = stream[lo:hi]
     assert seen.keys() == clips.keys()
     assert all(torch.equal(seen[k], clips[k]) for k in clips)
+    if mixed:
+        assert {tuple(it["tokens"].shape) for it in ds} == set(GRIDS)

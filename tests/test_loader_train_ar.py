@@ -23,14 +23,14 @@ def load_example():
     return module
 
 
-def structured_ids(shard: int, row: int) -> np.ndarray:
-    """[3, 8, 8] ids over 40 values: a random first frame, later frames mostly repeat it."""
+def structured_ids(shard: int, row: int, shape: tuple[int, int, int] = (3, 8, 8)) -> np.ndarray:
+    """`shape` ids over 40 values: a random first frame, later frames mostly repeat it."""
     rng = np.random.default_rng(1000 * shard + row)
-    first = rng.integers(0, 40, size=(8, 8))
+    first = rng.integers(0, 40, size=shape[1:])
     frames = [first]
-    for _ in range(2):
+    for _ in range(shape[0] - 1):
         noisy = frames[-1].copy()
-        flip = rng.random((8, 8)) < 0.1
+        flip = rng.random(shape[1:]) < 0.1
         noisy[flip] = rng.integers(0, 40, size=int(flip.sum()))
         frames.append(noisy)
     return np.stack(frames)
@@ -57,7 +57,7 @@ def test_model_is_causal_within_and_across_packed_clips():
 
     def logits(cl):
         b = pack([{"tokens": c} for c in cl])
-        return model(b["input_ids"], b["position_ids"], b["document_ids"], b["near"]).flatten(0, 1)
+        return model(b["input_ids"], b["position_ids"], b["document_ids"], b["near"], b["coords"]).flatten(0, 1)
 
     base = logits(clips)
     for clip, index in ((0, 4), (1, 0), (1, 7), (2, 10)):
@@ -83,6 +83,35 @@ def test_short_run_beats_the_unigram_entropy_on_held_out_clips(tmp_path, capsys)
     assert "unigram entropy of the training tokens" in out and "nats/token" in out
     assert result["train_clips"] == 12 and result["heldout_clips"] == 4
     assert result["heldout_loss_nats"] < result["unigram_entropy_nats"], out
+    assert code == 0
+
+
+# native aspect ratios (8x8, 6x10, 10x6 latent grids) and a longer whole-video row (5 latent frames)
+MIXED = [(3, 8, 8), (3, 6, 10), (3, 10, 6), (5, 8, 8)]
+
+
+def test_coords_follow_each_clips_own_grid_in_a_packed_row():
+    """Two clips of different grids share a row; each token's (t, h, w) is in its own clip's grid."""
+    ar = load_example()
+    pack = ar.CompactPack(torch.arange(1 << 16), ar.SequenceSpec(vocab_size=17), seq_len=32)
+    batch = pack([{"tokens": torch.zeros(2, 2, 3, dtype=torch.int64)}, {"tokens": torch.zeros(1, 3, 2, dtype=torch.int64)}])
+    coords = batch["coords"][:, 0]  # [3, L] of the first row
+    assert coords[:, 1:3].T.tolist() == [[0, 0, 0], [0, 0, 1]] and coords[:, 12].tolist() == [1, 1, 2]
+    assert coords[:, 15:17].T.tolist() == [[0, 0, 0], [0, 0, 1]] and coords[:, 20].tolist() == [0, 2, 1]
+    assert coords[0, 0] == coords[0, 13] == coords[0, 14] == -1  # BOV, EOV, next BOV
+    assert batch["document_ids"][0, 14:21].tolist() == [1] * 7
+
+
+def test_short_run_on_clips_with_different_token_grids(tmp_path, capsys):
+    """Clips of several grids (native aspect ratios, whole videos) train and evaluate in one run."""
+    write_output(tmp_path, [4, 4, 4, 4], ids_for=lambda s, r: structured_ids(s, r, MIXED[r]))
+    ar = load_example()
+    code = ar.main(["--data", str(tmp_path), "--steps", "40", "--dim", "32", "--layers", "1", "--heads", "2",
+                    "--lr", "1e-2", "--threads", "1", "--log-every", "20", "--json"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "largest token grid [t, h, w] = [5, 10, 10]" in out
+    assert result["heldout_clips"] == 4 and result["heldout_loss_nats"] < result["unigram_entropy_nats"], out
     assert code == 0
 
 
