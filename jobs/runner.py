@@ -47,6 +47,7 @@ class TokenizerInfo:
     load_name: str  # what the actors load: the spec's tokenizer.name, a Hub repo id pinned
     load_checkpoint: str | None  # the spec's tokenizer.checkpoint, a Hub repo id pinned
     revision: str | None = None  # "owner/name@commit" when the weights come from the Hub
+    streams: bool = True  # has encode_chunk (the native module): clips.num_frames: all works
 
 
 def pin_hub_refs(name: str, checkpoint: str | None) -> tuple[str, str | None, str | None]:
@@ -79,7 +80,8 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
         raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
     cfg = tok.config
     return TokenizerInfo(cfg.to_dict(), tok.weights_hash, cfg.name, bool(cfg.discrete),
-                         int(cfg.spatial_compression), int(cfg.temporal_compression), name, checkpoint, revision)
+                         int(cfg.spatial_compression), int(cfg.temporal_compression), name, checkpoint, revision,
+                         hasattr(tok, "encode_chunk") and bool(cfg.video))
 
 
 def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
@@ -90,6 +92,9 @@ def check_clip_shape(spec: JobSpec, info: TokenizerInfo) -> None:
     if n != "all" and (n - 1) % t != 0:
         raise SpecError("clips.num_frames", f"must be 1 + k*{t} for tokenizer {info.name} "
                                             f"(e.g. {1 + t}, {1 + 2 * t}, {1 + 4 * t}), got {n}")
+    if n == "all" and not info.streams:
+        raise SpecError("clips.num_frames", f"all needs a video tokenizer with streaming (the native module); "
+                                            f"{info.name} has none")
     if n == "all" and spec.clips.chunk_frames % t:
         raise SpecError("clips.chunk_frames", f"must be a multiple of {t}, the temporal compression "
                                               f"of tokenizer {info.name}, got {spec.clips.chunk_frames}")

@@ -178,3 +178,14 @@ def test_manifest_index_on_s3_notices_a_same_size_replacement(s3_server, s3_buck
     fs.pipe(path, json.dumps(data, sort_keys=True).encode())
     assert len(fs.cat(path)) == before
     assert read_manifest(out, opts)[shard_id(URLS[0])].attempt == 2
+
+
+def test_new_clip_keys_enter_the_fingerprint_only_when_set(tmp_path):
+    """A job that leaves the newer keys at their defaults keeps its fingerprint; each one set changes it."""
+    out = str(tmp_path / "out")
+    base = fingerprint_for(make_spec(out, **{"clips.decoder": "decord"}))
+    assert not any(k.startswith(("clips.split", "clips.min_motion", "quality.")) for k in base)
+    for key, value in (("clips.split_scenes", "true"), ("clips.min_motion", "1.0"), ("quality.sample_rate", "0.1"),
+                       ("clips.resolution", "{short_side: 32}"), ("clips.num_frames", "all")):
+        changed = fingerprint_for(make_spec(out, **{"clips.decoder": "decord", key: value}))
+        assert changed["digest"] != base["digest"], key

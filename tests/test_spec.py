@@ -76,6 +76,12 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
         ({"clips": {"fps": "8"}}, "clips.fps"),
         ({"clips": {"resolution": [True, 64]}}, "clips.resolution[0]"),
         ({"input": {"shards": ["a.tar", 3]}}, "input.shards[1]"),
+        ({"clips": {"resolution": {"short_side": 0}}}, "clips.resolution"),
+        ({"clips": {"resolution": {"short_side": 256, "max_long_side": 128}}}, "clips.resolution"),
+        ({"clips": {"min_motion": -1}}, "clips.min_motion"),
+        ({"clips": {"max_frames": 100}}, "clips.max_frames"),  # only with num_frames: all
+        ({"clips": {"split_scenes": "yes"}}, "clips.split_scenes"),
+        ({"quality": {"sample_rate": 1.5}}, "quality.sample_rate"),
     ],
 )
 def test_bad_field_is_named(sections, field, tmp_path):
@@ -83,6 +89,19 @@ def test_bad_field_is_named(sections, field, tmp_path):
         parse_job_spec(_spec(**sections), base_dir=str(tmp_path))
     assert info.value.field == field
     assert str(info.value).startswith(field)
+
+
+def test_world_model_keys_parse(tmp_path):
+    """The keys outside tests drive: short_side resolution, num_frames all, shots, motion, quality."""
+    from schemas.jobspec import ShortSide
+
+    spec = parse_job_spec(_spec(clips={"num_frames": "all", "resolution": {"short_side": 256, "max_long_side": 512},
+                                       "split_scenes": True, "min_motion": 2.0, "max_frames": 257},
+                                quality={"sample_rate": 0.05}), base_dir=str(tmp_path))
+    assert spec.clips.resolution == ShortSide(short_side=256, max_long_side=512) and spec.clips.num_frames == "all"
+    assert spec.clips.split_scenes and spec.clips.min_motion == 2.0 and spec.quality.sample_rate == 0.05
+    assert spec.clips.decoder == "pyav"  # the fastest measured (docs/data.md)
+    assert parse_job_spec(_spec(), str(tmp_path), ["clips.resolution={short_side: 128}"]).clips.resolution == ShortSide(short_side=128)
 
 
 def test_missing_required_field_is_named(tmp_path):

@@ -62,14 +62,19 @@ def read_token_row(output: str, key: str, storage_options: dict[str, Any] | None
     return to_item(rows_from_table(table, 0, 1)[0])
 
 
-def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[str, Any] | None) -> np.ndarray:
-    """Re-decode the clip's frames (uint8 [T, H, W, 3]) from its source shard."""
+def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[str, Any] | None,
+                    grid: Any = None) -> np.ndarray:
+    """Re-decode the clip's frames (uint8 [T, H, W, 3]) from its source shard; a whole-video row's
+    chunks are joined. `grid`: the tokenizer's pipeline.readers.clips.Grid."""
     from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
 
-    for item in iter_shard(row["source_url"], clip_spec, storage_options, ShardStats(), isolate=False):
+    chunks = []
+    for item in iter_shard(row["source_url"], clip_spec, storage_options, ShardStats(), isolate=False, grid=grid):
         if isinstance(item, Clip) and item.key == row["key"]:
-            return item.frames
+            chunks.append(item.frames)
+            if item.final:
+                return np.concatenate(chunks)
     raise SpecError("--key", f"clip {row['key']} could not be re-decoded from {row['source_url']}")
 
 
@@ -169,12 +174,14 @@ def preview(output: str, key: str, out_dir: str, count: int = 6,
     """Write the PNG and MP4 for clip `key` (a clip key, a prefix of one, or a sample key: see
     pipeline.loader.listing.resolve_key); returns (png path, mp4 path, clip PSNR)."""
     from pipeline.loader.listing import resolve_key
+    from pipeline.readers.clips import Grid
 
     tok, clip_spec = job_tokenizer(output, storage_options)
     key = resolve_key(output, key, storage_options)
     row = read_token_row(output, key, storage_options)
     recon = reconstruct(tok, row)
-    original = original_frames(row, clip_spec, storage_options)
+    grid = Grid(tok.config.temporal_compression, tok.config.spatial_compression)
+    original = original_frames(row, clip_spec, storage_options, grid)
     if original.shape != recon.shape:
         raise ValueError(f"clip {key}: original frames {original.shape} and reconstruction {recon.shape} differ")
     clip_psnr = frame_psnr(original, recon)
