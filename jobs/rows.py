@@ -176,19 +176,13 @@ class RowStreamer:
             self._resolve(*pending[0])
 
     def _resolve(self, row: _Row, part: int) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        from jobs.shard_task import BATCH_TIMEOUT_S, MAX_RESENDS, TokenizerUnavailable
+        from ray.exceptions import RayActorError
 
         started = time.monotonic()
         try:
-            value = ray.get(row.results[part], timeout=BATCH_TIMEOUT_S)
-        except GetTimeoutError as exc:
-            raise TokenizerUnavailable(f"tokenizer actor {row.actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
+            value = self.router.get(row.results[part], row.actor)
         except (RayActorError, StreamLost) as exc:
-            if row.sends > MAX_RESENDS:
-                raise TokenizerUnavailable(f"row {row.first.key} lost {row.sends} times: {exc}") from exc
+            self.router.lost(row.actor, row.sends, f"row {row.first.key}", exc)
             self._restart(row, exc)
             return
         finally:
@@ -200,7 +194,6 @@ class RowStreamer:
     def _restart(self, row: _Row, exc: BaseException) -> None:
         """Send the row again from its first chunk, to another actor where one is healthy."""
         log.warning("row %s: tokenizer stream lost (%s); restarting it", row.first.key, type(exc).__name__)
-        self.router.suspect(row.actor)
         row.actor, row.session, row.sends = self.router.pick(), uuid.uuid4().hex, row.sends + 1
         row.arrays = []
         row.results = [self._call(row, part) for part in range(len(row.refs))]

@@ -123,26 +123,34 @@ class ActorRouter:
             return actor.encode.remote(batch.frames_ref)
         return actor.encode_scored.remote(batch.frames_ref, batch.scored)
 
-    def suspect(self, actor: int) -> None:
-        """Skip `actor` for a while (it failed a call), longer with each further failure."""
+    def get(self, ref: Any, actor: int) -> Any:
+        """ray.get of a call to `actor`, bounded by BATCH_TIMEOUT_S (past it: TokenizerUnavailable)."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            return ray.get(ref, timeout=BATCH_TIMEOUT_S)
+        except GetTimeoutError as exc:
+            raise TokenizerUnavailable(f"tokenizer actor {actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
+
+    def lost(self, actor: int, sends: int, what: str, exc: BaseException) -> None:
+        """`actor` failed a call carrying `what`, sent `sends` times: skip the actor for a while (longer
+        with each further failure); TokenizerUnavailable once `what` was sent too often."""
         self.failures[actor] += 1
         backoff = min(SUSPECT_MAX_S, SUSPECT_S * 2 ** (self.failures[actor] - 1))
         self.suspect_until[actor] = time.monotonic() + backoff
+        if sends > MAX_RESENDS:
+            raise TokenizerUnavailable(f"{what} lost {sends} times: {exc}") from exc
 
     def result(self, batch: _Batch) -> np.ndarray:
         """The batch's encoded array; resends to another actor when its actor died."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         while True:
             try:
-                return ray.get(batch.result_ref, timeout=BATCH_TIMEOUT_S)
-            except GetTimeoutError as exc:
-                raise TokenizerUnavailable(f"tokenizer actor {batch.actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
+                return self.get(batch.result_ref, batch.actor)
             except RayActorError as exc:
-                self.suspect(batch.actor)
-                if batch.sends > MAX_RESENDS:
-                    raise TokenizerUnavailable(f"batch lost {batch.sends} times: {exc}") from exc
+                self.lost(batch.actor, batch.sends, "batch", exc)
                 log.warning("tokenizer actor %d failed (%s); resending batch", batch.actor, type(exc).__name__)
                 batch.actor = self.pick()
                 batch.sends += 1
