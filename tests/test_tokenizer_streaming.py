@@ -137,3 +137,24 @@ def test_low_precision_runs_with_fsq_in_fp32(dtype: str) -> None:
     assert tok.decode(ids).dtype == low_dtype
     # Streaming is exact only in fp32: in bf16/fp16 chunked and full passes round differently.
     assert tok.encode(x, mode="stream", chunk_frames=8).shape == ids.shape
+
+
+def test_interleaved_stream_sessions_on_one_model_equal_full_passes() -> None:
+    """Two videos streamed chunk by chunk in alternation through one model (as an actor serving two
+    shard tasks does): each equals its own full pass, for encode and decode."""
+    tok = spread_tokenizer("DV4x8x8-tiny")
+    a, b = _video(1 + 4 * 4, seed=1), _video(1 + 4 * 4, seed=2)
+    sessions = {"a": tok.stream_session("encode"), "b": tok.stream_session("encode")}
+    parts: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+    for lo, hi in ((0, 9), (9, 13), (13, 17)):
+        for name, x in (("a", a), ("b", b)):
+            parts[name].append(tok.encode_chunk(sessions[name], x[:, :, lo:hi]))
+    ids = {name: torch.cat(p, dim=1) for name, p in parts.items()}
+    assert torch.equal(ids["a"], tok.encode(a)) and torch.equal(ids["b"], tok.encode(b))
+    decoders = {"a": tok.stream_session("decode"), "b": tok.stream_session("decode")}
+    frames: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+    for lo, hi in ((0, 2), (2, 5)):
+        for name in ("a", "b"):
+            frames[name].append(tok.decode_chunk(decoders[name], ids[name][:, lo:hi]))
+    for name in ("a", "b"):
+        assert (torch.cat(frames[name], dim=2) - tok.decode(ids[name])).abs().max() <= 1e-5
