@@ -52,7 +52,7 @@ def cut_cost(data: bytes, spec: ClipSpec, repeat: int) -> dict:
 
 
 def detector_cost(data: bytes, repeat: int) -> dict:
-    frames = [x.frames for x in cut_clips(data, ClipSpec(num_frames=1, resolution=ShortSide(256)), Grid(8, 16))
+    frames = [x.frames for x in cut_clips(data, ClipSpec(num_frames=1, resolution=ShortSide(short_side=256)), Grid(8, 16))
               if isinstance(x, DecodedClip)]
     best, found = float("inf"), []
     for _ in range(repeat):
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     data = make_input()
     result: dict = {"frames": 382, "join": JOIN}
-    for name, res in (("256x256", (256, 256)), ("short_side_256", ShortSide(256))):
+    for name, res in (("256x256", (256, 256)), ("short_side_256", ShortSide(short_side=256))):
         off = cut_cost(data, ClipSpec(num_frames=17, resolution=res), args.repeat)
         on = cut_cost(data, ClipSpec(num_frames=17, resolution=res, split_scenes=True), args.repeat)
         result[name] = {"off": off, "on": on, "ratio": round(on["cpu_s"] / off["cpu_s"], 3),

@@ -36,14 +36,14 @@ def _clips(items) -> list[DecodedClip]:
 @pytest.mark.parametrize(("name", "hw"), [("portrait", (80, 48)), ("wide", (48, 80))])
 def test_short_side_keeps_the_aspect_and_rounds_sides_to_the_factor(shapes, name, hw):
     """short_side 48 on a 72x128 portrait: width 48, height 85.3 -> 80 (16 | both); 16:9 mirrors it."""
-    spec = ClipSpec(num_frames=5, resolution=ShortSide(48))
+    spec = ClipSpec(num_frames=5, resolution=ShortSide(short_side=48))
     clips = _clips(cut_clips(shapes[name], spec, Grid(4, 16)))
     assert clips and all(c.frames.shape == (5, *hw, 3) for c in clips)
 
 
 def test_short_side_crops_only_the_rounding_and_max_long_side_caps_the_long_side():
-    assert frame_geometry(1280, 720, ShortSide(256), 16) == ((455, 256), (256, 448))
-    assert frame_geometry(720, 1280, ShortSide(256, max_long_side=384), 16) == ((216, 384), (384, 208))
+    assert frame_geometry(1280, 720, ShortSide(short_side=256), 16) == ((455, 256), (256, 448))
+    assert frame_geometry(720, 1280, ShortSide(short_side=256, max_long_side=384), 16) == ((216, 384), (384, 208))
     assert frame_geometry(640, 480, (256, 256)) == ((341, 256), (256, 256))  # [H, W]: as before
 
 

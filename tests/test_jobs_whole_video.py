@@ -62,7 +62,7 @@ def _actor(ray_local, checkpoint: Path):
 def _job(tmp: Path, clips: ClipSpec, sample_rate: float = 0.0) -> ShardJob:
     return ShardJob(str(tmp / "out"), "parquet", {}, {}, clips, "spread", batch_size=2, max_batches_in_flight=1,
                     isolate_decoder=False, grid=GRID, sample_rate=sample_rate,
-                    optional_columns=optional_columns(clips, QualitySpec(sample_rate)))
+                    optional_columns=optional_columns(clips, QualitySpec(sample_rate=sample_rate)))
 
 
 def _run(job: ShardJob, url: str, actors: list) -> tuple[dict[str, dict], ShardStats]:

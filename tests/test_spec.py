@@ -76,8 +76,8 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
         ({"clips": {"fps": "8"}}, "clips.fps"),
         ({"clips": {"resolution": [True, 64]}}, "clips.resolution[0]"),
         ({"input": {"shards": ["a.tar", 3]}}, "input.shards[1]"),
-        ({"clips": {"resolution": {"short_side": 0}}}, "clips.resolution"),
-        ({"clips": {"resolution": {"short_side": 256, "max_long_side": 128}}}, "clips.resolution"),
+        ({"clips": {"resolution": {"short_side": 0}}}, "clips.resolution.short_side"),
+        ({"clips": {"resolution": {"short_side": 256, "max_long_side": 128}}}, "clips.resolution.max_long_side"),
         ({"clips": {"min_motion": -1}}, "clips.min_motion"),
         ({"clips": {"max_frames": 100}}, "clips.max_frames"),  # only with num_frames: all
         ({"clips": {"split_scenes": "yes"}}, "clips.split_scenes"),
@@ -156,7 +156,7 @@ def test_integers_fill_float_fields_as_floats(tmp_path):
 
 def test_nested_checks_are_named_from_where_the_section_sits():
     """validate(path) of a section loaded on its own (job.json's clips) names the field under the prefix."""
-    with pytest.raises(SpecError, match=r"^clips.num_frames: must be >= 1$"):
+    with pytest.raises(SpecError, match=r"^clips.num_frames: must be >= 1 or all$"):
         from_dict(ClipSpec, {"num_frames": 0}, "clips")
     with pytest.raises(SpecError, match=r"^steps: must be >= 1$"):
         from_dict(TrainConfig, {"data": {"shards": "a"}, "model": {"name": "x"}, "output_dir": "o", "steps": 0})
@@ -168,16 +168,19 @@ def test_fingerprint_and_job_json_are_pinned():
     changed the digest, so outputs written before it are refused on resume, as they should be.)"""
     data = {"input": {"shards": "a-{000000..000003}.tar", "storage_options": {"key": "K"}},
             "tokenizer": {"name": "DV4x8x8-mill", "dtype": "bfloat16"}, "output": {"uri": "/tmp/out"},
-            "clips": {"num_frames": 9, "fps": 8, "stride": 4, "resolution": [128, 64]}}
+            # the decoder named: the digest pinned is decord's (the default is now pyav)
+            "clips": {"num_frames": 9, "fps": 8, "stride": 4, "resolution": [128, 64], "decoder": "decord"}}
     spec = parse_job_spec(data, "/tmp")
     fingerprint = job_fingerprint(spec, {"vocab_size": 64000, "channels": 8}, "ab" * 32)
     assert fingerprint["digest"] == "626e1348c97ec74fa7cd02559f2c6c68a1b4e1b9051782402a7797e61bf484b2"
     written = spec.redacted()
     assert json.loads(json.dumps(written)) == written  # plain JSON: lists, not tuples
     assert written["clips"] == {"num_frames": 9, "fps": 8.0, "stride": 4, "max_clips_per_video": None,
-                                "resolution": [128, 64], "decoder": "decord",
-                                "decoder_threads": 1}  # added later: job.json gains keys, the digest does not
-    assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries", "limits"]
+                                "resolution": [128, 64], "decoder": "decord", "decoder_threads": 1,
+                                # added later: job.json gains keys, the digest does not
+                                "split_scenes": False, "scene_threshold": 27.0, "min_motion": None,
+                                "max_frames": None, "chunk_frames": 32}
+    assert list(written) == ["input", "tokenizer", "output", "name", "clips", "resources", "retries", "limits", "quality"]
 
 
 def test_json_schema_accepts_the_examples_and_rejects_an_unknown_key():
