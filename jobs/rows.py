@@ -194,7 +194,7 @@ class RowStreamer:
     def _restart(self, row: _Row, exc: BaseException) -> None:
         """Send the row again from its first chunk, to another actor where one is healthy."""
         log.warning("row %s: tokenizer stream lost (%s); restarting it", row.first.key, type(exc).__name__)
-        row.actor, row.session, row.sends = self.router.pick(), uuid.uuid4().hex, row.sends + 1
+        row.actor, row.session, row.sends = self.router.pick_after_loss(), uuid.uuid4().hex, row.sends + 1
         row.arrays = []
         row.results = [self._call(row, part) for part in range(len(row.refs))]
 

@@ -123,6 +123,15 @@ class ActorRouter:
             return actor.encode.remote(batch.frames_ref)
         return actor.encode_scored.remote(batch.frames_ref, batch.scored)
 
+    def pick_after_loss(self) -> int:
+        """An actor for a resend; when every actor is suspect (a lone actor restarting), wait out the
+        picked one's window first, rather than spend the resends on an actor that is still coming back."""
+        actor = self.pick()
+        delay = self.suspect_until[actor] - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return actor
+
     def get(self, ref: Any, actor: int) -> Any:
         """ray.get of a call to `actor`, bounded by BATCH_TIMEOUT_S (past it: TokenizerUnavailable)."""
         import ray
@@ -152,7 +161,7 @@ class ActorRouter:
             except RayActorError as exc:
                 self.lost(batch.actor, batch.sends, "batch", exc)
                 log.warning("tokenizer actor %d failed (%s); resending batch", batch.actor, type(exc).__name__)
-                batch.actor = self.pick()
+                batch.actor = self.pick_after_loss()
                 batch.sends += 1
                 batch.result_ref = self._call(batch)
 
