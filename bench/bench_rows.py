@@ -26,14 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_tokenizer import _rss_kib  # beside this script: VmRSS / VmHWM of this process, KiB
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _kv_bytes(worker: Any) -> int:
