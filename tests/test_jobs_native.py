@@ -96,6 +96,7 @@ def test_sampled_psnr_equals_tokenmill_eval_on_the_same_clip(job):
     status = subprocess.run([sys.executable, "-m", "jobs.cli", "status", str(out)], cwd=REPO, env=cli_env(),
                             capture_output=True, text=True, timeout=120)
     assert f"psnr {quality['psnr_mean']:.2f} dB mean" in status.stdout
+    assert f"| sampled PSNR (mean / p5) | {quality['psnr_mean']:.2f}" in (out / "README.md").read_text()
 
 
 def test_quality_sample_is_a_deterministic_fraction_by_key():

@@ -47,8 +47,13 @@ def render_card(name: str, fmt: str, fingerprint: dict[str, Any], summary: dict[
         f"| clips | {summary.get('clips_written', 0)} |",
         f"| tokens | {summary.get('tokens_written', 0)} |",
         f"| samples failed | {summary.get('samples_failed', 0)} |",
-        "",
     ]
+    quality = summary.get("quality")
+    if quality:  # quality.sample_rate: the tokenizer's round trip on this footage
+        lines.append(f"| sampled PSNR (mean / p5) | {quality['psnr_mean']:.2f} / {quality['psnr_p5']:.2f} dB "
+                     f"over {quality['clips']} clips |")
+        lines.append(f"| sampled SSIM (mean / p5) | {quality['ssim_mean']:.4f} / {quality['ssim_p5']:.4f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
