@@ -44,7 +44,7 @@ def cut_cost(data: bytes, spec: ClipSpec, repeat: int) -> dict:
     best, clips, cuts = float("inf"), 0, 0
     for _ in range(repeat):
         start = time.process_time()
-        items = list(cut_clips(data, spec, Grid(8, 16)))
+        items = list(cut_clips(data, spec, grid=Grid(8, 16)))
         best = min(best, time.process_time() - start)
         clips = sum(isinstance(x, DecodedClip) for x in items)
         cuts = next(x.cuts for x in items if isinstance(x, VideoDone))
@@ -52,7 +52,7 @@ def cut_cost(data: bytes, spec: ClipSpec, repeat: int) -> dict:
 
 
 def detector_cost(data: bytes, repeat: int) -> dict:
-    frames = [x.frames for x in cut_clips(data, ClipSpec(num_frames=1, resolution=ShortSide(short_side=256)), Grid(8, 16))
+    frames = [x.frames for x in cut_clips(data, ClipSpec(num_frames=1, resolution=ShortSide(short_side=256)), grid=Grid(8, 16))
               if isinstance(x, DecodedClip)]
     best, found = float("inf"), []
     for _ in range(repeat):

@@ -37,7 +37,7 @@ def _clips(items) -> list[DecodedClip]:
 def test_short_side_keeps_the_aspect_and_rounds_sides_to_the_factor(shapes, name, hw):
     """short_side 48 on a 72x128 portrait: width 48, height 85.3 -> 80 (16 | both); 16:9 mirrors it."""
     spec = ClipSpec(num_frames=5, resolution=ShortSide(short_side=48))
-    clips = _clips(cut_clips(shapes[name], spec, Grid(4, 16)))
+    clips = _clips(cut_clips(shapes[name], spec, grid=Grid(4, 16)))
     assert clips and all(c.frames.shape == (5, *hw, 3) for c in clips)
 
 
@@ -80,7 +80,7 @@ def test_motion_score_is_the_mean_absolute_frame_difference():
 def test_whole_video_rows_arrive_as_chunks_of_the_longest_prefix(joined):
     """num_frames: all with a cut: one row per shot, 1 + k*t frames each, chunked as documented."""
     spec = ClipSpec(num_frames="all", split_scenes=True, resolution=(64, 96), chunk_frames=8, min_motion=0.0)
-    pieces = _clips(cut_clips(joined, spec, Grid(4, 8)))
+    pieces = _clips(cut_clips(joined, spec, grid=Grid(4, 8)))
     rows: dict[int, list[DecodedClip]] = {}
     for p in pieces:
         rows.setdefault(p.index, []).append(p)
@@ -97,7 +97,7 @@ def test_whole_video_rows_arrive_as_chunks_of_the_longest_prefix(joined):
 
 def test_max_frames_caps_a_row_and_the_rest_starts_the_next(joined):
     spec = ClipSpec(num_frames="all", resolution=(64, 96), chunk_frames=8, max_frames=30)
-    pieces = _clips(cut_clips(joined, spec, Grid(4, 8)))
+    pieces = _clips(cut_clips(joined, spec, grid=Grid(4, 8)))
     starts = {p.index: p.start_frame for p in pieces}
     frames = {i: sum(len(p.frames) for p in pieces if p.index == i) for i in starts}
     assert starts == {0: 0, 1: 29, 2: 58} and frames == {0: 29, 1: 29, 2: 9}  # 70 = 29 + 29 + 12 -> 9

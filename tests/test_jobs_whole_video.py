@@ -79,7 +79,7 @@ def _one_pass(checkpoint: Path, data: bytes, clips: ClipSpec) -> list[np.ndarray
     torch.set_num_threads(1)
     tok = tokenizer_core.from_pretrained(str(checkpoint))
     rows: dict[int, list[np.ndarray]] = {}
-    for piece in cut_clips(data, clips, GRID):
+    for piece in cut_clips(data, clips, grid=GRID):
         if isinstance(piece, DecodedClip):
             rows.setdefault(piece.index, []).append(piece.frames)
     out = []
