@@ -48,7 +48,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
     from jobs.actors import ActorSettings, TokenizerWorker
 
-    settings = ActorSettings(job["preset"], None, "random", "float32", "cpu", 0, job["threads"], job["threads"])
+    settings = ActorSettings(job["preset"], None, "random", "float32", "cpu", 0, job["threads"], job["threads"],
+                             batch_size=1)
     tok = TokenizerWorker(settings)
     h, w = job["size"]
     rng = np.random.default_rng(0)

@@ -200,7 +200,7 @@ class TokenizerWorker:
         tokens = torch.from_numpy(np.ascontiguousarray(encoded)[None]).to(self.device)
         if tokens.is_floating_point():
             tokens = tokens.to(self.tok.dtype)
-        with torch.inference_mode():
+        with self.encoder.compute_lock, torch.inference_mode():
             recon = metrics.to_pixels(self.tok.decode(tokens)[0].cpu())
         original = metrics.from_uint8_frames(torch.as_tensor(np.asarray(frames)))
         return {"psnr": metrics.psnr(original, recon), "ssim": metrics.ssim(original, recon)}
@@ -216,11 +216,11 @@ class TokenizerWorker:
 
         start = time.monotonic()
         if getattr(self, "_streams", None) is None:
-            self._streams = StreamTable(self.tok)
+            self._streams = StreamTable(self.tok, self.encoder.compute_lock)
         with torch.inference_mode():
             video = to_video(frames, self.device, self.tok.dtype)
             result, scores = self._streams.encode(session, part, video, frames, final, score)
-        self._account(start, frames.shape, result)
+        self._account(time.monotonic() - start, frames.shape, result)
         return result, scores
 
     def stream_close(self, session: str) -> None:
@@ -232,13 +232,10 @@ class TokenizerWorker:
 
 def to_video(frames: np.ndarray, device: str, dtype: Any) -> Any:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] on `device`, scaled in fp32 then cast
-    (the same arithmetic as `TokenizerWorker.encode`, so both give the same tokens)."""
-    import torch
+    (the same arithmetic as the batch encoder's, so both give the same tokens)."""
+    from jobs.batch_encoder import _as_tensor
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only object-store arrays are only read
-        host = torch.from_numpy(np.ascontiguousarray(frames))
-    x = host.to(device)
+    x = _as_tensor(frames).to(device)
     return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(dtype)
 
 

@@ -180,6 +180,12 @@ class BatchEncoder:
         if options.compile:
             self._model_encode = torch.compile(tok.encode)
 
+    @property
+    def compute_lock(self) -> threading.Lock:
+        """Held while the model computes; other users of the same model (whole-video streams,
+        decode-back for quality) take it too, so one computation runs at a time."""
+        return self._compute_lock
+
     def _normalise_and_encode(self, x: torch.Tensor) -> torch.Tensor:
         # [B,T,H,W,3] uint8 -> [B,3,T,H,W]: the permuted view keeps NDHWC strides (channels-last);
         # scaled in fp32, then cast (bf16 arithmetic on pixel values would add its own rounding)

@@ -6,8 +6,9 @@
       collects the chunk outputs in order          returns the chunk's ids / latents (+ quality at the end)
       writes the row when its final chunk is in
 
-All chunks of a row go to one actor (the stream's causal state lives there); Ray runs one
-caller's calls to an actor in submission order, so chunks are sent without waiting. Actor
+All chunks of a row go to one actor (the stream's causal state lives there). Chunks are sent
+without waiting; the actor runs several calls at once (threads), so a chunk waits on the actor
+for its turn (its predecessor done) and computes under the model's compute lock. Actor
 memory is bounded by the chunk (plus temporal attention's key/value cache, which grows with the
 row: see docs/tokenizer.md). The shard task keeps the row's chunks in the object store until the
 row is written (Ray spills them to disk when large; `clips.max_frames` bounds a row): if the
@@ -18,6 +19,7 @@ chunk, with nothing decoded again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -29,6 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_STREAMS = 64  # sessions an actor keeps; the least recently used beyond are dropped (restarted)
+TURN_TIMEOUT_S = 120.0  # a chunk waits this long for its predecessor before its stream counts as lost
 
 
 class StreamLost(RuntimeError):
@@ -45,15 +48,22 @@ class _Stream:
 
 
 class StreamTable:
-    """The streams one actor serves, by session id (LRU-bounded)."""
+    """The streams one actor serves, by session id (LRU-bounded); safe for concurrent calls."""
 
-    def __init__(self, tok: Any):
-        self.tok = tok
+    def __init__(self, tok: Any, compute_lock: Any):
+        self.tok, self.compute_lock = tok, compute_lock
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
+        self.turn = threading.Condition()  # guards `streams` and each stream's `parts`
+
+    def _due(self, session: str, part: int) -> bool:
+        stream = self.streams.get(session)
+        return part == 0 or (stream is not None and stream.parts == part)
 
     def _stream(self, session: str, part: int, score: bool) -> _Stream:
+        """The session's stream once chunk `part` is due (called holding `turn`)."""
         from tokenizer_core.metrics import RunningQuality
 
+        self.turn.wait_for(lambda: self._due(session, part), timeout=TURN_TIMEOUT_S)
         if part == 0:
             self.streams.pop(session, None)
             decoder = self.tok.stream_session("decode") if score else None
@@ -75,27 +85,35 @@ class StreamTable:
 
         from tokenizer_core import metrics
 
-        stream = self._stream(session, part, score)
+        with self.turn:
+            stream = self._stream(session, part, score)
         try:
-            out = self.tok.encode_chunk(stream.encoder, video)
-            if stream.quality is not None:
-                recon = self.tok.decode_chunk(stream.decoder, out)  # [1, 3, T, H, W]
-                stream.quality.add(metrics.from_uint8_frames(torch.as_tensor(frames[0])),
-                                   metrics.to_pixels(recon[0].cpu()))
+            with self.compute_lock:
+                out = self.tok.encode_chunk(stream.encoder, video)
+                if stream.quality is not None:
+                    recon = self.tok.decode_chunk(stream.decoder, out)  # [1, 3, T, H, W]
+                    stream.quality.add(metrics.from_uint8_frames(torch.as_tensor(frames[0])),
+                                       metrics.to_pixels(recon[0].cpu()))
         except BaseException:
-            self.streams.pop(session, None)  # half-updated state must not be continued
+            with self.turn:
+                self.streams.pop(session, None)  # half-updated state must not be continued
+                self.turn.notify_all()
             raise
-        stream.parts += 1
         result = out.cpu().numpy() if out.dtype == torch.int64 else out.float().cpu().numpy()
         scores = None
-        if final:
-            del self.streams[session]
-            if stream.quality is not None:
-                scores = {"psnr": stream.quality.psnr, "ssim": stream.quality.ssim}
+        with self.turn:
+            stream.parts += 1
+            if final:
+                self.streams.pop(session, None)
+                if stream.quality is not None:
+                    scores = {"psnr": stream.quality.psnr, "ssim": stream.quality.ssim}
+            self.turn.notify_all()
         return result, scores
 
     def close(self, session: str) -> None:
-        self.streams.pop(session, None)
+        with self.turn:
+            self.streams.pop(session, None)
+            self.turn.notify_all()
 
 
 # ---- shard-task side ------------------------------------------------------------------------

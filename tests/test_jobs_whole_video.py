@@ -53,7 +53,7 @@ def shard(tmp_path_factory, real_videos) -> Path:
 
 def _actor(ray_local, checkpoint: Path):
     settings = ActorSettings(name=str(checkpoint), checkpoint=None, init="pretrained", dtype="float32",
-                             device="cpu", num_gpus=0, num_cpus=0.5, torch_threads=1)
+                             device="cpu", num_gpus=0, num_cpus=0.5, torch_threads=1, batch_size=2)
     actor = tokenizer_actor_class(settings).remote(settings)
     ray_local.get(actor.pid.remote())
     return actor
