@@ -275,17 +275,21 @@ def tokenizer_actor_class(settings: ActorSettings) -> Any:
     """
     import ray
 
-    for name in ("stats", "config", "pid"):
+    # whole-video chunks run one at a time in submission order (jobs/rows.py): no thread of the
+    # pool ever waits for a predecessor that has no thread to run on
+    groups = {"stats": "control", "config": "control", "pid": "control",
+              "stream_encode": "streams", "stream_close": "streams"}
+    for name, group in groups.items():
         method = getattr(_RayTokenizerWorker, name)
         if not hasattr(method, "__ray_concurrency_group__"):
-            setattr(_RayTokenizerWorker, name, ray.method(concurrency_group="control")(method))
+            setattr(_RayTokenizerWorker, name, ray.method(concurrency_group=group)(method))
     options: dict[str, Any] = {
         "num_cpus": settings.num_cpus,
         "num_gpus": settings.num_gpus,
         "max_restarts": -1,  # a dead actor comes back; callers resend the batch it lost
         "max_task_retries": 0,  # resending is the caller's job: it may pick another, live actor
         "max_concurrency": max(1, settings.batches_per_actor),
-        "concurrency_groups": {"control": 1},
+        "concurrency_groups": {"control": 1, "streams": 1},
     }
     return ray.remote(**options)(_RayTokenizerWorker)
 

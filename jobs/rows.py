@@ -7,8 +7,9 @@
       writes the row when its final chunk is in
 
 All chunks of a row go to one actor (the stream's causal state lives there). Chunks are sent
-without waiting; the actor runs several calls at once (threads), so a chunk waits on the actor
-for its turn (its predecessor done) and computes under the model's compute lock. Actor
+without waiting; on the actor they run in their own concurrency group of one thread, so in
+submission order, beside the batch calls, and compute under the model's compute lock (a chunk
+that still finds its predecessor missing waits TURN_TIMEOUT_S, then counts as lost). Actor
 memory is bounded by the chunk (plus temporal attention's key/value cache, which grows with the
 row: see docs/tokenizer.md). The shard task keeps the row's chunks in the object store until the
 row is written (Ray spills them to disk when large; `clips.max_frames` bounds a row): if the
