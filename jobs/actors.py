@@ -207,9 +207,11 @@ class TokenizerWorker:
 
     # ---- whole-video rows (clips.num_frames: all): one causal stream per row, see jobs/rows.py --
     def stream_encode(self, session: str, part: int, frames: np.ndarray, final: bool,
-                      score: bool) -> tuple[np.ndarray, dict[str, float] | None]:
+                      score: bool, after: Any = None) -> tuple[np.ndarray, dict[str, float] | None]:
         """Chunk `part` of stream `session`: frames uint8 [1, T, H, W, 3] -> (its ids [1, t', h, w] or
-        latents [1, c, t', h, w], psnr/ssim of the whole row on its final chunk when `score`)."""
+        latents [1, c, t', h, w], psnr/ssim of the whole row on its final chunk when `score`).
+        `after` is the previous chunk's result, passed only so that Ray starts this call once that
+        one has finished (jobs/rows.py); its value is not used."""
         import torch
 
         from jobs.rows import StreamTable

@@ -172,8 +172,14 @@ class RowStreamer:
         self._drain(0)
 
     def _call(self, row: _Row, part: int) -> Any:
+        """Send chunk `part`. While its predecessor is still outstanding, that one's result goes
+        along as an argument: Ray then starts this call only once the predecessor has finished, so
+        chunks run in order however the actor dequeues them. (Without it, the chunks a restart
+        sends all at once can run out of order, and a chunk waiting for its turn in the streams'
+        single thread blocks the very chunk it waits for.)"""
         actor = self.router.actors[row.actor]
-        return actor.stream_encode.remote(row.session, part, row.refs[part], row.finals[part], row.score)
+        before = row.results[part - 1] if part > 0 else None
+        return actor.stream_encode.remote(row.session, part, row.refs[part], row.finals[part], row.score, before)
 
     def _abandon(self, row: _Row) -> None:
         self.router.actors[row.actor].stream_close.remote(row.session)
@@ -214,8 +220,9 @@ class RowStreamer:
         """Send the row again from its first chunk, to another actor where one is healthy."""
         log.warning("row %s: tokenizer stream lost (%s); restarting it", row.first.key, type(exc).__name__)
         row.actor, row.session, row.sends = self.router.pick_after_loss(), uuid.uuid4().hex, row.sends + 1
-        row.arrays = []
-        row.results = [self._call(row, part) for part in range(len(row.refs))]
+        row.arrays, row.results = [], []
+        for part in range(len(row.refs)):
+            row.results.append(self._call(row, part))  # each waits on the one before (see _call)
 
     def _write(self, row: _Row) -> None:
         from pipeline.writers.commit import ClipInfo

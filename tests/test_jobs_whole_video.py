@@ -118,8 +118,6 @@ def _member(shard: Path, name: str) -> bytes:
         return handle.read()
 
 
-@pytest.mark.xfail(reason="since the threaded actor (batches_per_actor) landed, the restarted row's resent "
-                          "chunks hang on the new actor incarnation: open, see the helper's report", strict=False)
 def test_killed_actor_mid_row_restarts_that_row(ray_local, checkpoint, shard, tmp_path, caplog):
     """SIGKILL of the actor while a long row streams: the row restarts (Ray brings the actor back)
     and its ids still equal the one-pass encode."""
