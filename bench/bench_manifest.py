@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.records import shard_id  # noqa: E402
 from pipeline.writers import storage  # noqa: E402
-from pipeline.writers.commit import error_path, record_path, token_path  # noqa: E402
+from pipeline.writers.commit import record_path  # noqa: E402
+from pipeline.writers.location import OutputLocation  # noqa: E402
 from pipeline.writers.manifest import compact_manifest, plan_shards, read_manifest  # noqa: E402
 from schemas.manifest import ManifestRecord, OutputFile  # noqa: E402
 
@@ -40,13 +41,14 @@ def synthetic_record(url: str, i: int) -> ManifestRecord:
     sid = shard_id(url)
     return ManifestRecord(
         shard_id=sid, source_url=url, attempt=1,
-        outputs={"tokens": OutputFile(token_path(sid, "parquet"), 7 + i % 5, "sha256:" + "0" * 64, 300),
-                 "errors": OutputFile(error_path(sid), 3 + i % 3, "sha256:" + "1" * 64, 2)},
+        outputs={"tokens": OutputFile(OutputLocation.token_file(sid, "a1", "parquet"), 7 + i % 5, "sha256:" + "0" * 64, 300),
+                 "errors": OutputFile(OutputLocation.error_file(sid, "a1"), 3 + i % 3, "sha256:" + "1" * 64, 2)},
         stats={"samples_total": 102, "samples_ok": 100, "samples_failed": 2, "clips": 300, "frames": 5100,
                "tokens": 230400, "video_seconds": 204.0, "failures": {"decode:DecodeError": 2},
                "notes": {"too_short": 1}, "seconds": {"read": 1.5, "decode": 20.1, "tokenize": 30.2},
                "shard_error": None},
         fingerprint="f" * 64, finished_at=1.7e9 + i, started_at=1.7e9 + i - 60, worker="node-1:1234",
+        attempt_id="a1",
     )
 
 

@@ -3,13 +3,15 @@
     load + validate the spec (exit 2, nothing written, on any error)
     -> Hub repo ids pinned to the commit they resolve to now (fetched on the driver)
     -> tokenizer config + weights hash (on the driver, CPU) -> clip shape check -> fingerprint
-    -> job.json (refuses a mismatching resume) -> plan: shard URLs minus verified manifest records
+    -> the output's lease (exit 2 naming the holder if another driver is alive)
+    -> job.json (refuses a mismatching resume) -> clean-up -> plan: shard URLs minus records
+       that stand; damaged records superseded
     -> Ray (embedded, or the cluster at --address / RAY_ADDRESS) -> tokenizer actors
-    -> ShardDispatcher hands shards to shard tasks -> summary.json -> exit 0, or 1 if any shard
-       failed permanently
+    -> ShardDispatcher hands shards to shard tasks -> clean-up -> summary.json -> exit 0, or 1
+       if any shard failed, or 128 + signal after a clean stop (SIGTERM 143, SIGINT 130)
 
 Nothing here depends on driver memory surviving: the manifest is the truth, so a killed driver
-loses only time and the same command resumes.
+loses only time and the same command resumes (taking the dead driver's lease over).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jobs.stop import StopRequest
 from schemas.config import SpecError
 from schemas.jobspec import JobSpec, load_job_spec
 
@@ -34,6 +37,7 @@ class RunOutcome:
     exit_code: int
     summary: dict[str, Any] = field(default_factory=dict)
     did_work: bool = True
+    message: str = ""  # the one line a stopped run ends with
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,8 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], 
 
 
 def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[str],
-              shards_total: int, shards_done: int, show_progress: bool) -> tuple[Any, list[dict], dict]:
+              shards_total: int, shards_done: int, show_progress: bool, stop: StopRequest,
+              ) -> tuple[Any, list[dict], dict]:
     """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement)."""
     import ray
 
@@ -213,10 +218,13 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
     task = ray.remote(run_shard).options(num_cpus=spec.clips.decoder_threads, max_retries=0)
     progress = Progress(spec.name, shards_total, shards_done, actors, show_progress)
     dispatcher = ShardDispatcher(
-        lambda url, launch: task.remote(job, url, launch, actors, nodes),
+        # each attempt learns the faults earlier attempts met (the same one twice is the input's)
+        lambda url, launch: task.remote(job, url, launch, actors, nodes, dispatcher.known_faults(url)),
         max_in_flight=min(place.decode_workers, max(1, len(todo))),
         max_attempts=spec.retries.max_attempts,
         on_tick=progress.tick,
+        stop=stop,
+        stop_grace_s=spec.retries.stop_grace_s,
     )
     ready = time.time()
     try:
@@ -232,8 +240,8 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
                                  "batch_size": batch_size}
 
 
-def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
-               extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
+def _summarise(spec: JobSpec, location: Any, urls: list[str], quarantined: list[dict[str, Any]],
+               started: float, extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
     """summary.json from the manifest (the truth), not from driver memory."""
     from pipeline.records import shard_id
     from pipeline.writers.dataset_card import write_card
@@ -241,55 +249,140 @@ def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]]
     from pipeline.writers.summary import build_summary, write_summary
 
     wanted = {shard_id(u) for u in urls}
-    records = {k: r for k, r in read_manifest(spec.output.uri, spec.output.storage_options).items() if k in wanted}
+    records = {k: r for k, r in read_manifest(location).items() if k in wanted}
     timings = {"wall_seconds": time.time() - started}
     summary = build_summary(records, quarantined, timings, shards_total=len(urls), started_at=started,
                             status=status)
     summary.update(extra)
-    write_summary(spec.output.uri, summary, storage_options=spec.output.storage_options)
-    compact_manifest(spec.output.uri, spec.output.storage_options, records)
-    write_card(spec.output.uri, spec.output.storage_options, spec.name, spec.output.format, summary)
+    write_summary(location, summary)
+    compact_manifest(location, known=records)
+    write_card(location.uri, location.storage_options, spec.name, spec.output.format, summary)
     return summary
 
 
-def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False) -> RunOutcome:
-    """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job."""
+def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False,
+            stop: StopRequest | None = None) -> RunOutcome:
+    """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job
+    and LeaseHeld (nothing written) when another live driver writes to the output."""
     from pipeline.readers.sources import expand_shards
-    from pipeline.writers.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
+    from pipeline.writers.lease import OutputLease
+    from pipeline.writers.location import OutputLocation
+    from pipeline.writers.manifest import check_fingerprint, job_fingerprint
 
     started = time.time()
-    spec = resolve_device(spec, address)
-    info = probe_tokenizer(spec)
-    check_clip_shape(spec, info)
-    urls = expand_shards(spec.input.shards, spec.input.storage_options)
-    fingerprint = job_fingerprint(spec, info.config, info.weights_hash, revision=info.revision)
-    prepare_output(spec, fingerprint, len(urls))
-    todo, done = plan_shards(urls, spec.output.uri, spec.output.storage_options,
-                             fingerprint=fingerprint_digest(fingerprint))
-    if not todo:
-        print(f"nothing to do: all {len(urls)} shards in {spec.output.uri} are already done", file=sys.stderr)
-        summary = _summarise(spec, urls, [], started, {"resumed": True, "shards_run": 0})
-        return RunOutcome(_exit_code(summary), summary, did_work=False)
-    if done:
-        print(f"resuming: {len(done)} of {len(urls)} shards already done, {len(todo)} to go", file=sys.stderr)
-    from jobs import placement as pl
-
-    started_ray = pl.connect(address)
+    stop = stop or StopRequest()
+    stop.install()
     try:
-        result, actor_stats, extra = _dispatch(spec, info, fingerprint, todo, len(urls), len(done), show_progress)
+        spec = resolve_device(spec, address)
+        info = probe_tokenizer(spec)
+        check_clip_shape(spec, info)
+        urls = expand_shards(spec.input.shards, spec.input.storage_options)
+        fingerprint = job_fingerprint(spec, info.config, info.weights_hash, revision=info.revision)
+        location = OutputLocation.of(spec.output.uri, spec.output.storage_options)
+        check_fingerprint(location, fingerprint, spec)  # a refused resume writes nothing, not even a lease
+        lease = OutputLease(location, spec.retries.lease_timeout_s)
+        lease.acquire()
+        lease.start_heartbeat()
+        try:
+            return _run_leased(spec, address, show_progress, stop, lease, info, fingerprint, urls, started)
+        finally:
+            lease.release()
+    finally:
+        stop.restore()
+
+
+def _run_leased(spec: JobSpec, address: str | None, show_progress: bool, stop: StopRequest, lease: Any,
+                info: TokenizerInfo, fingerprint: dict[str, Any], urls: list[str], started: float) -> RunOutcome:
+    from pipeline.writers.manifest import (
+        clean_output,
+        fingerprint_digest,
+        plan_output,
+        prepare_output,
+        supersede,
+    )
+
+    location = lease.location
+    lease.on_lost = lambda: stop.request("lease lost")
+    prepare_output(spec, fingerprint, len(urls), location)
+    plan = plan_output(urls, location, fingerprint=fingerprint_digest(fingerprint))
+    supersede(location, plan.stale)
+    if not plan.todo:
+        print(f"nothing to do: all {len(urls)} shards in {spec.output.uri} are already done", file=sys.stderr)
+        summary = _summarise(spec, location, urls, [], started, {"resumed": True, "shards_run": 0})
+        return RunOutcome(_exit_code(summary), summary, did_work=False)
+    if plan.done:
+        print(f"resuming: {len(plan.done)} of {len(urls)} shards already done, {len(plan.todo)} to go",
+              file=sys.stderr)
+    if stop.requested:
+        return _stopped(spec, location, urls, started, stop, lease, {})
+    started_ray = False
+    try:
+        started_ray = _connect(address, stop)
+        lease.renew(ray_job_id=_ray_job_id())
+        result, actor_stats, extra = _dispatch(spec, info, fingerprint, plan.todo, len(urls), len(plan.done),
+                                               show_progress, stop)
     except Exception as exc:
         # summary.json is written at the end of every run, a crashed one included
-        _summarise(spec, urls, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
+        _summarise(spec, location, urls, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
         raise
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            _shutdown_ray()
     extra.update({"actors": actor_stats, "retries": result.retries, "speculative_runs": result.speculative,
-                  "shards_run": len(result.records), "resumed": bool(done)})
-    summary = _summarise(spec, urls, result.quarantined, started, extra)
+                  "shards_run": len(result.records), "resumed": bool(plan.done)})
+    if stop.requested:
+        return _stopped(spec, location, urls, started, stop, lease, extra, result.quarantined)
+    clean_output(location)  # every attempt has stopped: only recorded files stay
+    summary = _summarise(spec, location, urls, result.quarantined, started, extra)
     return RunOutcome(_exit_code(summary), summary)
+
+
+def _connect(address: str | None, stop: StopRequest) -> bool:
+    """Connect to Ray, then take SIGTERM/SIGINT back from the handlers ray.init installs."""
+    from jobs import placement as pl
+
+    try:
+        return pl.connect(address)
+    except SystemExit:  # Ray's own SIGTERM handler (sys.exit) fired while it was starting
+        stop.request("SIGTERM", 15)
+        return True
+    finally:
+        stop.install()
+
+
+def _ray_job_id() -> str | None:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_job_id())
+    except Exception:  # noqa: BLE001 - informational
+        return None
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _stopped(spec: JobSpec, location: Any, urls: list[str], started: float, stop: StopRequest, lease: Any,
+             extra: dict[str, Any], quarantined: list[dict[str, Any]] | None = None) -> RunOutcome:
+    """The end of a run stopped by a signal (or by losing its lease to another driver)."""
+    from pipeline.writers.lease import read_lease
+    from pipeline.writers.manifest import clean_output
+
+    if lease.lost.is_set():
+        # the output is another driver's now: leave its files and its summary alone
+        current = read_lease(location)
+        holder = f"pid {current[0].pid} on {current[0].host}" if current else "another driver"
+        message = (f"stopped: {holder} took over {spec.output.uri} (this driver's heartbeat was late "
+                   "or its lease was removed); that run continues the job")
+        return RunOutcome(1, {}, message=message)
+    clean_output(location)
+    summary = _summarise(spec, location, urls, quarantined or [], started, extra, status="interrupted")
+    message = (f"interrupted: {summary.get('shards_done', 0)} of {len(urls)} shards done; "
+               "run the same command to resume")
+    return RunOutcome(stop.exit_code, summary, message=message)
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
@@ -297,6 +390,9 @@ def _exit_code(summary: dict[str, Any]) -> int:
 
 
 def _report(spec: JobSpec, outcome: RunOutcome) -> None:
+    if outcome.message:
+        print(f"tokenmill run: {outcome.message}", file=sys.stderr)
+        return
     s = outcome.summary
     print(f"tokens: {spec.output.uri.rstrip('/')}/tokens/")
     print(
@@ -313,12 +409,16 @@ def _report(spec: JobSpec, outcome: RunOutcome) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     from jobs.placement import ActorStartError
+    from pipeline.writers.lease import LeaseHeld
 
     spec = load_job_spec(args.spec, args.overrides)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     try:
         outcome = run_job(spec, address=address, show_progress=show)
+    except LeaseHeld as exc:
+        print(f"tokenmill run: {exc}", file=sys.stderr)
+        return 2
     except ActorStartError as exc:
         print(f"tokenmill run: {exc}", file=sys.stderr)
         return 1

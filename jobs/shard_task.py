@@ -97,6 +97,7 @@ class ActorRouter:
         self.suspect_until = [0.0] * len(actors)
         self.failures = [0] * len(actors)
         self.next = 0
+        self.used: set[int] = set()  # actors that answered a batch
 
     def pick(self) -> int:
         now = time.monotonic()
@@ -138,9 +139,11 @@ class ActorRouter:
         from ray.exceptions import GetTimeoutError
 
         try:
-            return ray.get(ref, timeout=BATCH_TIMEOUT_S)
+            answer = ray.get(ref, timeout=BATCH_TIMEOUT_S)
         except GetTimeoutError as exc:
             raise TokenizerUnavailable(f"tokenizer actor {actor} gave no answer in {BATCH_TIMEOUT_S:.0f} s") from exc
+        self.used.add(actor)
+        return answer
 
     def lost(self, actor: int, sends: int, what: str, exc: BaseException) -> None:
         """`actor` failed a call carrying `what`, sent `sends` times: skip the actor for a while (longer
@@ -193,8 +196,10 @@ def _with_quality(clip: Any, scores: dict[str, float] | None, stats: ShardStats)
     return replace(clip, psnr=scores["psnr"], ssim=scores["ssim"])
 
 
-def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router: ActorRouter) -> None:
-    """Feed one shard's clips through the actors into `writer`, in clip order."""
+def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router: ActorRouter,
+                 known_faults: frozenset[str] = frozenset()) -> None:
+    """Feed one shard's clips through the actors into `writer`, in clip order. Damage to the
+    shard's stream raises (transient) unless an earlier attempt met it at the same place."""
     from jobs.rows import RowStreamer
     from pipeline.readers.stages import iter_shard
 
@@ -209,7 +214,7 @@ def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router
             _finish(pending.popleft(), router, writer, job, stats)
 
     for item in iter_shard(url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder,
-                           limits=job.limits, grid=job.grid):
+                           limits=job.limits, grid=job.grid, confirmed_damage=known_faults):
         if isinstance(item, DeadLetter):
             writer.add_error(item)
             continue
@@ -229,7 +234,21 @@ def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router
         _finish(pending.popleft(), router, writer, job, stats)
 
 
-def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_nodes: list[str | None]) -> Any:
+def _made_by(router: ActorRouter) -> dict[str, str]:
+    """{"device", "dtype"} of the actors that encoded the shard's batches, for its record."""
+    import ray
+
+    used = sorted(router.used)
+    try:
+        stats = ray.get([router.actors[i].stats.remote() for i in used], timeout=30)
+    except Exception:  # noqa: BLE001 - informational: an actor may be restarting
+        return {"device": "unknown", "dtype": "unknown"}
+    return {key: ",".join(sorted({str(st.get(key, "unknown")) for st in stats})) or "none"
+            for key in ("device", "dtype")}
+
+
+def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_nodes: list[str | None],
+              known_faults: frozenset[str] = frozenset()) -> Any:
     """Process one shard from scratch and commit it; returns the manifest record."""
     from pipeline.writers.commit import ShardWriter
 
@@ -245,7 +264,9 @@ def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_no
         optional_columns=job.optional_columns,
     )
     try:
-        stream_shard(job, url, stats, writer, ActorRouter(actors, actor_nodes))
+        router = ActorRouter(actors, actor_nodes)
+        stream_shard(job, url, stats, writer, router, known_faults)
+        writer.extra.update(_made_by(router))
         return writer.commit(stats)
     except BaseException:
         writer.abort()

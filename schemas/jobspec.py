@@ -152,10 +152,16 @@ class RetrySpec(Config):
     """How often a shard that failed for infrastructure reasons is tried."""
 
     max_attempts: int = 3
+    stop_grace_s: float = 30.0  # on SIGTERM/SIGINT, how long running shards may take to commit
+    lease_timeout_s: float = 60.0  # a driver silent this long may be taken over by another
 
     def validate(self, path: str) -> None:
         if self.max_attempts < 1:
             raise SpecError(f"{path}.max_attempts", "must be >= 1")
+        if self.stop_grace_s < 0:
+            raise SpecError(f"{path}.stop_grace_s", "must be >= 0")
+        if not 1.0 <= self.lease_timeout_s <= 3600.0:
+            raise SpecError(f"{path}.lease_timeout_s", "must be between 1 and 3600 seconds")
 
 
 class LimitSpec(Config):

@@ -1,10 +1,11 @@
-"""On-disk records of the output location: manifest records (`_manifest/<shard-id>.json`) and
-the job file (`job.json`). Both are JSON with a `version` field.
+"""On-disk records of the output location: manifest records (`_manifest/<shard-id>.json`), the
+job file (`job.json`) and the driver's lease (`_lease.json`). All are JSON with a `version` field.
 
 A manifest record is written once per finished input shard, after that shard's token and error
 files are published; it is the only thing readers and resume trust. `outputs` maps a role
 ("tokens", "errors") to the published file, its size and checksum, so that a reader can verify
-a file without trusting the directory it sits in.
+a file without trusting the directory it sits in. The files are named by the attempt that wrote
+them (`attempt_id`), so no other attempt can ever change the bytes a record describes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ ERRORS_DIR = "errors"
 MANIFEST_DIR = "_manifest"
 TMP_DIR = "_tmp"  # under each of the above; names starting with "_" are skipped by readers
 MANIFEST_INDEX = "_index.jsonl.gz"  # compacted records, a cache of the listing (see docs)
+SUPERSEDED_DIR = "_superseded"  # under _manifest/: records replaced because their files were damaged
+LEASE_FILE = "_lease.json"  # the running driver's claim on the output (pipeline/writers/lease.py)
+LEASE_VERSION = 1
 
 
 @dataclass
@@ -32,13 +36,15 @@ class OutputFile:
     size: int  # bytes
     checksum: str  # "sha256:<hex>" of the whole file
     rows: int  # clips (tokens) or dead letters (errors)
+    md5: str = ""  # hex MD5 of the file: what an S3 listing reports as the ETag of a simple PUT
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "checksum": self.checksum, "rows": self.rows}
+        return {"path": self.path, "size": self.size, "checksum": self.checksum, "rows": self.rows, "md5": self.md5}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OutputFile:
-        return cls(path=data["path"], size=int(data["size"]), checksum=data["checksum"], rows=int(data["rows"]))
+        return cls(path=data["path"], size=int(data["size"]), checksum=data["checksum"], rows=int(data["rows"]),
+                   md5=str(data.get("md5", "")))
 
 
 @dataclass
@@ -54,7 +60,8 @@ class ManifestRecord:
     worker: str = ""  # host:pid of the process that published
     format: str = "parquet"
     version: int = MANIFEST_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # kind, device, dtype
+    attempt_id: str = ""  # names this attempt's files; unique across attempts, retries and drivers
 
     def to_dict(self) -> dict[str, Any]:
         # by hand, not dataclasses.asdict: that deep-copies every value and dominated the time
@@ -88,6 +95,7 @@ class ManifestRecord:
             format=data.get("format", "parquet"),
             version=version,
             extra=dict(data.get("extra", {})),
+            attempt_id=str(data.get("attempt_id", "")),
         )
 
 
@@ -115,3 +123,33 @@ class JobFile:
             updated_at=float(data.get("updated_at", data["created_at"])),
             version=int(data.get("version", 0)),
         )
+
+
+@dataclass
+class LeaseFile:
+    """`_lease.json`: which driver writes to the output now, and when it last said it is alive.
+
+    `host`, `boot_id` and `pid_namespace` say where `pid` can be checked: a reader on the same
+    machine and pid namespace can prove the holder dead (pid gone, or reused: another start
+    time); anywhere else the holder counts as dead only after `timeout_s` without a heartbeat.
+    """
+
+    run_id: str  # unique per driver run
+    host: str
+    pid: int
+    pid_start: str  # the process's start time (/proc/<pid>/stat field 22): detects pid reuse
+    boot_id: str
+    pid_namespace: str
+    started_at: float  # unix seconds
+    heartbeat_at: float  # unix seconds, rewritten every timeout_s / 4
+    timeout_s: float
+    ray_job_id: str | None = None
+    version: int = LEASE_VERSION
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeaseFile:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -105,12 +105,31 @@ def test_a_hung_decoder_is_killed_after_the_timeout_and_replaced(monkeypatch):
 
     monkeypatch.setenv(HANG_ENV, "stuck")
     data = encode_video(64, 48, 9)
-    with DecodeWorker(timeout_s=1.0) as worker:
+    with DecodeWorker(timeout_s=3.0) as worker:  # a fresh child starts within it on a loaded machine
         with pytest.raises(VideoError) as err:
             list(worker.cut_clips("stuck", data, SPEC))
         assert err.value.error_type == "DecoderTimeout" and "SIGKILL" in str(err.value)
+        assert "fresh decoder process" in str(err.value)  # a hang is transient: it was tried twice
         items = list(worker.cut_clips("fine", data, SPEC))
-        assert len(items) == 2 and items[0].frames.shape == (9, 32, 32, 3) and worker.restarts == 1
+        assert len(items) == 2 and items[0].frames.shape == (9, 32, 32, 3)
+        assert worker.restarts == 2 and worker.retried_samples == 1
+
+
+@pytest.mark.parametrize("kind", ["kill", "memory"])
+def test_a_decoder_child_that_fails_once_is_retried_in_a_fresh_child(tmp_path, monkeypatch, bad_corpus_shard, kind):
+    """A child SIGKILLed (as by the OOM killer) or out of memory on one sample is transient: the
+    sample is decoded again in a fresh child and its clips are kept; nothing becomes a dead letter."""
+    from pipeline.readers.isolation import FAULT_ONCE_ENV
+
+    flag = tmp_path / "fault-done"
+    monkeypatch.setenv(FAULT_ONCE_ENV, f"real_carphone:{kind}:{flag}")
+    clean, clean_stats = _run(bad_corpus_shard, isolate=True)
+    flag.unlink()
+    out, stats = _run(bad_corpus_shard, isolate=True)
+    assert flag.exists()  # the fault really happened, in the child
+    assert _outcomes(out, stats) == _outcomes(clean, clean_stats)
+    assert [c.key for c in out if isinstance(c, Clip)] == [c.key for c in clean if isinstance(c, Clip)]
+    assert not any(reason.startswith("decode:Decoder") for reason in stats.failures)
 
 
 @pytest.mark.parametrize("decoder", ["pyav", "decord"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -66,3 +68,18 @@ def test_straggler_is_rerun_and_first_result_wins(fake_shard):
     assert time.monotonic() - start < 30  # did not wait for the 60 s copy
     assert result.records["slow"] == {"url": "slow", "launch": 2}
     assert result.speculative == 1 and not result.quarantined
+
+
+def test_a_stop_request_hands_out_no_more_shards_and_cancels_the_rest_after_the_grace(fake_shard):
+    """Stop after the first shard: the queued shards never start, the running one gets the grace
+    period and is then cancelled (and waited for); all of them are reported interrupted."""
+    stop = SimpleNamespace(event=threading.Event(), hurry=threading.Event(), reason="SIGTERM")
+    plan = {("slow", 1): "slow"}
+    dispatcher = ShardDispatcher(lambda url, launch: fake_shard.remote(url, launch, plan), max_in_flight=2,
+                                 max_attempts=3, stop=stop, stop_grace_s=1.0,
+                                 on_tick=lambda result, _n: result.records and stop.event.set())
+    start = time.monotonic()
+    result = dispatcher.run(["a", "slow", "b", "c"])
+    assert time.monotonic() - start < 40  # did not wait for the 60 s shard
+    assert list(result.records) == ["a"] and result.interrupted == ["b", "c", "slow"]
+    assert dispatcher.launches == {"a": 1, "slow": 1} and not result.quarantined and not dispatcher.cancelled

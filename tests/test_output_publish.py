@@ -9,8 +9,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.records import ShardStats, shard_id
 from pipeline.writers import storage
@@ -87,7 +89,7 @@ def test_unrecorded_published_file_is_removed_at_next_start(tmp_path):
     spec = make_spec(str(out))
     fp = fingerprint_for(spec)
     prepare_output(spec, fp, shards_total=1)
-    orphan = out / "tokens" / f"{shard_id(URL)}.parquet"
+    orphan = out / "tokens" / f"{shard_id(URL)}.0123456789.parquet"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"PAR1 half of a dead attempt")
     (out / "tokens" / "_tmp" / "x.123.parquet").parent.mkdir(parents=True, exist_ok=True)
@@ -108,28 +110,58 @@ def test_second_attempt_after_a_record_discards_itself(tmp_path):
     assert read_manifest(str(out))[shard_id(URL)].attempt == 1
 
 
-def test_interleaved_publish_leaves_record_and_files_agreeing(tmp_path):
-    """Both attempts publish before either records: whoever ends up recorded matches the files."""
+def _filled_writer(out: Path, attempt: int, samples: int) -> tuple[ShardWriter, Any]:
+    w = ShardWriter(str(out), shard_id(URL), URL, attempt=attempt)
+    for s in range(samples):
+        w.add(clip_info(URL, s, 0), clip_ids(URL, s, 0), "tok")
+    return w, w._finish_files(ShardStats(samples_total=samples, samples_ok=samples))
+
+
+def test_interleaved_attempts_publish_under_their_own_names_and_the_record_decides(tmp_path):
+    """Both attempts publish before either records: the first record stands with its own bytes;
+    the loser removes only its own files, and the folders hold exactly the recorded files."""
     out = tmp_path / "out"
-    writers = []
-    for attempt, samples in ((1, 2), (2, 3)):
-        w = ShardWriter(str(out), shard_id(URL), URL, attempt=attempt)
-        for s in range(samples):
-            w.add(clip_info(URL, s, 0), clip_ids(URL, s, 0), "tok")
-        writers.append((w, w._finish_files(ShardStats(samples_total=samples, samples_ok=samples))))
-    (a, rec_a), (b, rec_b) = writers
+    (a, rec_a), (b, rec_b) = _filled_writer(out, 1, 2), _filled_writer(out, 2, 3)
     a._publish()
-    b._publish()  # replaces a's files
-    a._write_record(rec_a)  # a records first, pointing at files b replaced
-    final = b._write_record(rec_b)
+    b._publish()
+    assert a.token_rel != b.token_rel and (out / a.token_rel).exists() and (out / b.token_rel).exists()
+    assert a._create_record(rec_a) == rec_a
+    assert b._create_record(rec_b) == rec_a  # b lost: it gets the winner's record back
     a._cleanup()
     b._cleanup()
     on_disk = read_manifest(str(out))[shard_id(URL)]
-    assert on_disk == final
+    assert on_disk.attempt_id == a.attempt_id
     for role, f in on_disk.outputs.items():
         assert storage.file_checksum(str(out / f.path)) == f.checksum, role
+    assert _visible_files(out) == sorted([rec_a.outputs["tokens"].path, rec_a.outputs["errors"].path,
+                                          f"_manifest/{shard_id(URL)}.json"])
     assert plan_shards([URL], str(out))[0] == []
 
+
+def test_loser_interrupted_after_publishing_removes_only_its_own_files(tmp_path, monkeypatch):
+    """An attempt cancelled between publishing and creating its record (Ray's cancel raises
+    KeyboardInterrupt in the task) leaves the winner's record and bytes exactly as they were."""
+    out = tmp_path / "out"
+    fp = fingerprint_for(make_spec(str(out)))
+    winner = write_shard(str(out), URL, fp, samples=2)
+    before = {role: (out / f.path).read_bytes() for role, f in winner.outputs.items()}
+    loser, _ = _filled_writer(out, 2, 3)
+    monkeypatch.setattr(loser, "_read_record", lambda: None)  # it checked before the winner recorded
+    real_put = storage.put_bytes
+
+    def interrupted(fs, path, data, exclusive=False):
+        if path.endswith(f"{shard_id(URL)}.json"):
+            raise KeyboardInterrupt  # the cancel lands right before the record's create
+        return real_put(fs, path, data, exclusive)
+
+    monkeypatch.setattr(storage, "put_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loser.commit(ShardStats(samples_total=3, samples_ok=3))
+    monkeypatch.undo()
+    assert read_manifest(str(out))[shard_id(URL)] == winner
+    assert {role: (out / f.path).read_bytes() for role, f in winner.outputs.items()} == before
+    assert not (out / loser.token_rel).exists() and not (out / loser.error_rel).exists()
+    assert not list((out / "tokens" / "_tmp").iterdir())
 
 
 def test_record_creation_is_exclusive_on_s3(s3_server, s3_bucket):
@@ -169,3 +201,23 @@ def test_writer_killed_mid_file_on_s3_leaves_nothing_and_rerun_completes(s3_serv
     record = write_shard(out, URL, fp, samples=4, storage_options=opts, attempt=2)
     assert plan_shards([URL], out, opts) == ([], {shard_id(URL): record})
     assert fs.size(f"{s3_bucket}/out/{record.outputs['tokens'].path}") == record.outputs["tokens"].size
+
+
+def test_a_record_create_whose_answer_was_lost_keeps_the_attempts_files(tmp_path, monkeypatch):
+    """The create landed but the client saw a failure and its retry was refused (412): the
+    attempt reads the record back, finds its own id, and keeps its files."""
+    out = tmp_path / "out"
+    w = ShardWriter(str(out), shard_id(URL), URL)
+    for s in range(2):
+        w.add(clip_info(URL, s, 0), clip_ids(URL, s, 0), "tok")
+    real_put = storage.put_bytes
+
+    def landed_but_refused(fs, path, data, exclusive=False):
+        done = real_put(fs, path, data, exclusive)
+        return done and not path.endswith(f"{shard_id(URL)}.json")
+
+    monkeypatch.setattr(storage, "put_bytes", landed_but_refused)
+    record = w.commit(ShardStats(samples_total=2, samples_ok=2))
+    monkeypatch.undo()
+    assert record.attempt_id == w.attempt_id == read_manifest(str(out))[shard_id(URL)].attempt_id
+    assert plan_shards([URL], str(out))[0] == []  # its files are there, at the recorded sizes

@@ -7,16 +7,19 @@ import os
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.records import shard_id
 from pipeline.writers.fingerprint import job_fingerprint
 from pipeline.writers.manifest import (
     compact_manifest,
+    plan_output,
     plan_shards,
     prepare_output,
     read_job_file,
     read_manifest,
+    supersede,
 )
 from schemas.config import SpecError
 from tests.output_support import fingerprint_for, make_spec, write_shard
@@ -103,7 +106,8 @@ def test_resume_after_partial_output_on_s3(s3_server, s3_bucket):
     assert todo == [] and len(done) == 4
     fs = s3_server.filesystem()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/job/out/tokens"))
-    assert names == sorted(f"{shard_id(u)}.parquet" for u in URLS)
+    assert names == sorted(r.outputs["tokens"].path.rsplit("/", 1)[-1] for r in done.values())
+    assert all(n.startswith(shard_id(u)) for n, u in zip(names, sorted(URLS, key=shard_id), strict=True))
     dataset = pads.dataset(f"{s3_bucket}/job/out/tokens", filesystem=fs, format="parquet")
     assert dataset.count_rows() == 4 * 6
 
@@ -189,3 +193,43 @@ def test_new_clip_keys_enter_the_fingerprint_only_when_set(tmp_path):
                        ("clips.resolution", "{short_side: 32}"), ("clips.num_frames", "all")):
         changed = fingerprint_for(make_spec(out, **{"clips.decoder": "decord", key: value}))
         assert changed["digest"] != base["digest"], key
+
+
+def test_stale_records_are_superseded_and_the_redo_restores_the_files(tmp_path):
+    """Missing file, wrong size, damaged input: each record is set aside with its files, and a
+    new attempt records the shard again under its own names."""
+    out = tmp_path / "out"
+    fp = fingerprint_for(make_spec(str(out)))
+    records = {u: write_shard(str(out), u, fp) for u in URLS}
+    (out / records[URLS[0]].outputs["tokens"].path).unlink()
+    with open(out / records[URLS[1]].outputs["tokens"].path, "r+b") as f:
+        f.truncate(100)
+    damaged = json.loads((out / "_manifest" / f"{shard_id(URLS[2])}.json").read_text())
+    damaged["stats"]["shard_error"] = "TruncatedShard: stream ended"
+    (out / "_manifest" / f"{shard_id(URLS[2])}.json").write_text(json.dumps(damaged, sort_keys=True))
+    plan = plan_output(URLS, str(out), fingerprint=fp["digest"])
+    assert plan.todo == URLS[:3] and list(plan.done) == [shard_id(URLS[3])]
+    assert "missing" in plan.stale[shard_id(URLS[0])][1] and "100 bytes" in plan.stale[shard_id(URLS[1])][1]
+    assert "damaged" in plan.stale[shard_id(URLS[2])][1]
+    assert supersede(str(out), plan.stale) == 3
+    assert set(read_manifest(str(out))) == {shard_id(URLS[3])}
+    assert len(list((out / "_manifest" / "_superseded").iterdir())) == 3
+    for u in URLS[:3]:
+        assert not (out / records[u].outputs["errors"].path).exists()
+        redo = write_shard(str(out), u, fp)
+        assert redo.attempt_id != records[u].attempt_id
+        assert pq.read_table(out / redo.outputs["tokens"].path).num_rows == 6
+    assert plan_shards(URLS, str(out), fingerprint=fp["digest"])[0] == []
+
+
+def test_a_same_size_replacement_on_s3_is_caught_by_the_listed_md5(s3_server, s3_bucket):
+    """S3 lists a simple PUT's MD5 as its ETag: a token object overwritten with other bytes of
+    the same size no longer stands, with no extra request per shard."""
+    out, opts = f"s3://{s3_bucket}/out", s3_server.storage_options
+    fp = fingerprint_for(make_spec(out, opts))
+    record = write_shard(out, URLS[0], fp, storage_options=opts)
+    fs = s3_server.filesystem()
+    path = f"{s3_bucket}/out/{record.outputs['tokens'].path}"
+    fs.pipe(path, b"\0" * record.outputs["tokens"].size)
+    plan = plan_output(URLS[:1], out, opts, fingerprint=fp["digest"])
+    assert plan.todo == URLS[:1] and "checksum" in plan.stale[shard_id(URLS[0])][1]

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from pipeline.records import shard_id
+from pipeline.writers.lease import OutputLease
+from pipeline.writers.location import OutputLocation
 from pipeline.writers.manifest import prepare_output, read_manifest
 from pipeline.writers.summary import build_summary, write_summary
 from schemas.summary import SUMMARY_KEYS
@@ -52,16 +54,36 @@ def test_summary_accounts_for_every_sample_and_every_shard(tmp_path):
 
 
 def test_status_json_reports_progress_of_a_running_job(tmp_path):
-    """Mid-run: done/total from records and job.json, a rate and an ETA, state running."""
+    """Mid-run (this test process holds the lease, heartbeating): done/total from records and
+    job.json, a rate and an ETA, state running, and who runs it."""
     out = str(tmp_path / "out")
+    lease = OutputLease(OutputLocation.of(out), timeout_s=30)
+    lease.acquire()
     _job(out, done=3)
     result = _status(out, "--json")
+    lease.release()
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert (status["shards_done"], status["shards_total"], status["shards_pending"]) == (3, 4, 1)
-    assert status["state"] == "running" and status["clips_written"] == 18
+    assert status["state"] == "running" and status["running"] and status["clips_written"] == 18
+    assert status["driver"] == f"pid {os.getpid()} on {os.uname().nodename}" and status["heartbeat_age_s"] < 30
     assert status["shards_per_s"] > 0 and status["eta_seconds"] > 0
     assert status["failures_by_reason"] == {"decode:DecodeError": 3}
+
+
+def test_status_says_stopped_when_the_driver_died(tmp_path):
+    """A lease left by a driver that is gone (its pid no longer runs) is a stopped job: no ETA,
+    and the text says since when and what to do."""
+    out = str(tmp_path / "out")
+    child = subprocess.run([sys.executable, "-c", (
+        "from pipeline.writers.lease import OutputLease; from pipeline.writers.location import OutputLocation; "
+        f"OutputLease(OutputLocation.of({out!r}), timeout_s=3600).acquire()")], cwd=REPO, timeout=120)
+    assert child.returncode == 0  # it exited holding the lease, as a SIGKILLed driver would
+    _job(out, done=2)
+    status = json.loads(_status(out, "--json").stdout)
+    assert status["state"] == "stopped" and not status["running"] and status["eta_seconds"] is None
+    text = _status(out).stdout
+    assert "driver   stopped since" in text and "died" in text and "run the same command" in text
 
 
 def test_status_text_after_the_run_ended(tmp_path):

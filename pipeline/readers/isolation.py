@@ -5,17 +5,22 @@ decoding is a Ray worker that also talks to the tokenizer actors. `DecodeWorker`
 child process (`python -m pipeline.readers.isolation`, a fresh interpreter: no fork of a threaded Ray
 worker) for a whole shard and sends it one video at a time (a small header, then the bytes
 unpickled, or the path of the file a large member was spooled to); clips stream back over a pipe as
-they are cut. A child that dies (signal, abort, OOM kill) or stops answering becomes a
-VideoError("decode", "DecoderCrashed" | "DecoderTimeout") for that sample only, and the next
-sample starts a new child.
+they are cut. A child that dies (signal, abort, OOM kill), stops answering or runs out of memory is a
+transient fault (pipeline.faults): the sample is decoded again in a fresh child, skipping the
+clips already delivered. Only if that fails the same way does the sample become a
+VideoError("decode", "DecoderCrashed" | "DecoderTimeout" | "DecoderOutOfMemory"); the next
+sample starts a new child either way.
 
 Test hooks: when the environment variable named by CRASH_ENV (HANG_ENV) equals a sample's key,
-the child kills itself with SIGSEGV (sleeps for an hour) before decoding it. They exist only to
-test the above with a real crash and a real hang; sample data cannot set a process's environment.
+the child kills itself with SIGSEGV (sleeps for an hour) before decoding it, every time. With
+FAULT_ONCE_ENV = "<key>:<kill|memory>:<flag file>", the first child to meet that sample (the
+flag file does not exist yet; it creates it) SIGKILLs itself or hits a real MemoryError. They
+exist only to test the above with real faults; sample data cannot set a process's environment.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -29,12 +34,18 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.readers.clips import DecodedClip, Grid, VideoDone, cut_clips
 from pipeline.readers.decode import Media, VideoError
 from schemas.jobspec import ClipSpec, LimitSpec
 
+log = logging.getLogger(__name__)
+
 CRASH_ENV = "TOKENMILL_TEST_DECODER_CRASH_KEY"
 HANG_ENV = "TOKENMILL_TEST_DECODER_HANG_KEY"
+FAULT_ONCE_ENV = "TOKENMILL_TEST_DECODER_FAULT_ONCE"
+# a sample whose child failed transiently is decoded again this many times in a fresh child
+SAMPLE_RETRIES = 1
 # seconds the parent waits for the next message from the child before declaring it hung
 # (limits.decode_timeout_s); a single 17-frame clip of 8K video decodes in well under this on one core
 DEFAULT_TIMEOUT_S = LimitSpec().decode_timeout_s
@@ -49,6 +60,7 @@ class DecodeWorker:
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.timeout_s = timeout_s
         self.restarts = 0
+        self.retried_samples = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None  # parent <-> child, duplex over a socketpair
 
@@ -120,7 +132,31 @@ class DecodeWorker:
 
     def cut_clips(self, key: str, data: Media, spec: ClipSpec, limits: LimitSpec | None = None,
                   grid: Grid | None = None) -> Iterator[DecodedClip | VideoDone]:
-        """Like clips.cut_clips, in the child. Raises VideoError, including for a crashed child."""
+        """Like clips.cut_clips, in the child. Raises VideoError, including for a child that
+        crashed (or hung, or ran out of memory) on this sample again in a fresh process."""
+        delivered = 0  # clips (or row chunks) already yielded
+        for attempt in range(SAMPLE_RETRIES + 1):
+            try:
+                seen = 0
+                for item in self._cut_once(key, data, spec, limits, grid):
+                    if isinstance(item, DecodedClip):
+                        seen += 1
+                        if seen <= delivered:
+                            continue  # yielded before the child failed: decoding is deterministic
+                        delivered = seen
+                    yield item
+                return
+            except VideoError as exc:
+                if not faults.sample_error_is_transient(exc.error_type):
+                    raise
+                if attempt == SAMPLE_RETRIES:
+                    raise VideoError(exc.stage, exc.error_type,
+                                     f"{exc} (the same again in a fresh decoder process)") from None
+                self.retried_samples += 1
+                log.warning("sample %s: %s; decoding it again in a fresh decoder process", key, exc)
+
+    def _cut_once(self, key: str, data: Media, spec: ClipSpec, limits: LimitSpec | None,
+                  grid: Grid | None) -> Iterator[DecodedClip | VideoDone]:
         conn = self._conn or self._start()
         try:
             path = data if isinstance(data, str) else None
@@ -177,6 +213,7 @@ def _serve(conn: Connection) -> None:
         if os.environ.get(HANG_ENV) == key:
             time.sleep(3600)
         try:
+            _fault_once(key)
             for item in cut_clips(data, spec, limits, grid):
                 if isinstance(item, VideoDone):
                     conn.send(("done", item))
@@ -186,8 +223,26 @@ def _serve(conn: Connection) -> None:
                     conn.send_bytes(np.ascontiguousarray(item.frames).reshape(-1).data)  # 1-D: len() = bytes
         except VideoError as exc:
             conn.send(("error", (exc.stage, exc.error_type, str(exc))))
+        except MemoryError as exc:  # transient: the retry runs in a fresh child with its memory back
+            conn.send(("error", ("decode", "DecoderOutOfMemory", f"MemoryError in the decoder process: {exc}")))
         except Exception as exc:  # a decoder bug on one file must not end the shard
             conn.send(("error", ("decode", "DecodeError", f"{type(exc).__name__}: {exc}")))
+
+
+def _fault_once(key: str) -> None:
+    """FAULT_ONCE_ENV test hook (see the module doc): a real SIGKILL or MemoryError, once."""
+    want, _, rest = os.environ.get(FAULT_ONCE_ENV, "").partition(":")
+    kind, _, flag = rest.partition(":")
+    if not flag or want != key:
+        return
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return  # already done once
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "memory":
+        bytearray(1 << 60)  # no machine has an exabyte: the allocator raises MemoryError
 
 
 if __name__ == "__main__":

@@ -15,9 +15,16 @@ Accounting rules (every sample is exactly one of ok / failed; `stats` is updated
   (its earlier chunks were already yielded);
 - whole-video rows (`num_frames: all`) arrive as chunks; `stats.clips`/`frames` count a row at
   its final chunk; a row left without a final chunk (a decode error mid-row) is not a row;
-- a damaged tar stream, or a shard of more than `limits.max_samples_per_shard` samples, ends the
-  shard: a DeadLetter(stage="shard", sample_key="") and `stats.shard_error` set, after the
-  samples before it were processed.
+- a shard of more than `limits.max_samples_per_shard` samples ends the shard: a
+  DeadLetter(stage="shard", sample_key="") and `stats.shard_error` set, after the samples
+  before it were processed;
+- a damaged tar stream ends the shard. With `confirmed_damage=None` (a single pass: preview,
+  eval) that is a DeadLetter(stage="shard", sample_key="") and `stats.shard_error` set, after
+  the samples before the damage were processed. A job passes the damage signatures its
+  earlier attempts met: damage seen for the first time raises `StreamDamaged` (transient: the
+  stream may have been cut, not the file), damage at the same offset again is the input's own
+  and ends the shard as above;
+- a stream that ends before the size its listing reported raises `StreamEndedEarly`.
 Every Clip and DeadLetter carries `source_member`, the member's name as the shard spells it;
 its `sample_key` is `pipeline.records.safe_key` of the shard's key.
 Infrastructure errors are raised, always as OSError (storage-client exceptions of other types,
@@ -30,11 +37,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import zlib
-from collections.abc import Callable, Generator, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Generator, Iterator
+from typing import Any, BinaryIO, TypeVar
 
+from pipeline.faults import StreamDamaged, StreamEndedEarly
 from pipeline.readers.clips import DecodedClip, Grid, VideoDone, cut_clips
 from pipeline.readers.decode import Media, VideoError
 from pipeline.readers.isolation import DecodeWorker
@@ -60,19 +69,50 @@ class _InProcess:
         return cut_clips(data, spec, limits, grid)
 
 
+class CountingStream:
+    """A read-only stream that knows how far it got, and refuses to end before `size` bytes."""
+
+    def __init__(self, raw: BinaryIO, url: str, size: int | None):
+        self.raw, self.url, self.size, self.offset = raw, url, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.offset += len(data)
+        if not data and n != 0 and self.size is not None and self.offset < self.size:
+            raise StreamEndedEarly(f"{self.url}: the stream ended at byte {self.offset} of the "
+                                   f"{self.size} its listing reported", signature=f"EndedEarly@{self.offset}")
+        return data
+
+
+def listed_size(stream: Any, url: str) -> int | None:
+    """The byte size the store reports for an open shard (None for compressed or unknown)."""
+    if url.endswith(".gz"):
+        return None  # the listing counts compressed bytes, the stream yields decompressed ones
+    size = getattr(stream, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
                isolate: bool = True, limits: LimitSpec | None = None,
-               grid: Grid | None = None) -> Iterator[Clip | DeadLetter]:
+               grid: Grid | None = None, confirmed_damage: Collection[str] | None = None,
+               ) -> Iterator[Clip | DeadLetter]:
     """Stream one shard and yield its clips and dead letters in order (see the module doc).
 
-    `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`."""
+    `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`.
+    `confirmed_damage`: see the module doc (None for a single pass)."""
     sid = shard_id(url)
     limits = limits or LimitSpec()
     seen: set[str] = set()
     with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(_infrastructure_errors(url, open_url, url, storage_options))
+        raw = stack.enter_context(_infrastructure_errors(url, open_url, url, storage_options))
+        stream = CountingStream(raw, url, listed_size(raw, url))
         decoder = stack.enter_context(DecodeWorker(limits.decode_timeout_s)) if isolate else _InProcess()
-        samples = iter_samples(stream, url, limits)
+        samples = iter_samples(stream, url, limits)  # type: ignore[arg-type]  # only read() is used
         stack.callback(samples.close)  # removes the spooled files of a shard left early
         while True:
             started = time.perf_counter()
@@ -80,6 +120,12 @@ def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: S
                 sample = _infrastructure_errors(url, next, samples, None)
             except (CorruptShard, EOFError, zlib.error) as exc:
                 kind = exc.error_type if isinstance(exc, CorruptShard) else "CorruptShard"
+                where = f"{kind}@{stream.offset}"
+                if confirmed_damage is not None and where not in confirmed_damage:
+                    raise StreamDamaged(f"{url}: {exc} (at byte {stream.offset}); reading it again",
+                                        signature=where) from exc
+                if confirmed_damage is not None:
+                    exc = CorruptShard(kind, f"{exc} (at byte {stream.offset}, the same on a fresh read)")
                 stats.shard_error = f"{kind}: {exc}"
                 yield DeadLetter(url, "", "shard", kind, str(exc))
                 return
@@ -101,7 +147,7 @@ def _infrastructure_errors(url: str, func: Callable[..., T], *args: Any) -> T:
     try:
         return func(*args)
     except (OSError, CorruptShard, EOFError, zlib.error):
-        raise
+        raise  # StreamEndedEarly is an OSError: transient, the caller reads the shard again
     except Exception as exc:
         raise ShardReadError(f"reading {url}: {type(exc).__name__}: {exc}") from exc
 

@@ -6,6 +6,9 @@ Publication primitives and why they are atomic:
   multipart upload completes, so a killed upload leaves nothing under the final name).
 - `put_bytes(..., exclusive=True)`: create-if-absent. Local: write a temp then `os.link`
   (fails if the name exists). S3: `PutObject` with `If-None-Match: *`.
+- `replace_if(..., version)`: compare-and-swap of a small object (the lease). S3: `PutObject`
+  with `If-Match: <ETag>`. Local: move the old object aside with one `rename` (only one
+  racer's rename finds it), check it is the version expected, then create-if-absent.
 Listings bypass fsspec's listing cache: other processes write here concurrently.
 """
 
@@ -14,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -50,21 +55,47 @@ def unique_suffix() -> str:
 
 def file_checksum(local_path: str) -> str:
     """"sha256:<hex>" of a local file."""
-    digest = hashlib.sha256()
+    return file_digests(local_path)[0]
+
+
+def file_digests(local_path: str) -> tuple[str, str]:
+    """("sha256:<hex>", md5 hex) of a local file, in one pass. The MD5 is what S3 lists as the
+    ETag of an object uploaded in one PUT, so a listing can check a file's content for free."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(local_path, "rb") as f:
         while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+            sha.update(chunk)
+            md5.update(chunk)
+    return f"sha256:{sha.hexdigest()}", md5.hexdigest()
+
+
+@dataclass(frozen=True)
+class Listed:
+    size: int
+    md5: str | None  # the listing's ETag when it is a plain MD5 (a simple PUT), else None
+
+
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def list_files(fs: Any, directory: str) -> dict[str, Listed]:
+    """Base name -> size (and MD5 where the listing gives one) of the files in `directory`.
+
+    One paginated listing on S3; a multipart upload's ETag ("...-N") is not an MD5 and is
+    dropped. Missing directory -> {}. Names starting with "_" or "." are skipped.
+    """
+    if is_local(fs):
+        return {name: Listed(size, None) for name, size in _list_local(directory).items()}
+    out = {}
+    for name, entry in _remote_files(fs, directory):
+        etag = str(entry.get("ETag") or "").strip('"').lower()
+        out[name] = Listed(int(entry.get("size") or 0), etag if _MD5.match(etag) else None)
+    return out
 
 
 def list_sizes(fs: Any, directory: str) -> dict[str, int]:
-    """Base name -> size of the files directly in `directory` (one paginated listing on S3).
-
-    Missing directory -> {}. Names starting with "_" or "." (temporaries, indexes) are skipped.
-    """
-    if is_local(fs):
-        return _list_local(directory)
-    return {name: int(entry.get("size") or 0) for name, entry in _remote_files(fs, directory)}
+    """Base name -> size of the files directly in `directory` (one paginated listing on S3)."""
+    return {name: f.size for name, f in list_files(fs, directory).items()}
 
 
 def _remote_files(fs: Any, directory: str) -> list[tuple[str, dict[str, Any]]]:
@@ -150,6 +181,106 @@ def put_bytes(fs: Any, path: str, data: bytes, exclusive: bool = False) -> bool:
     return True
 
 
+def read_versioned(fs: Any, path: str) -> tuple[bytes, str] | None:
+    """(content, version) of a small object, None if absent. The version is what `replace_if`
+    compares: the ETag on S3, the content itself locally."""
+    if is_local(fs):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+    bucket, key, _ = fs.split_path(path)
+    try:
+        got = fs.call_s3("get_object", Bucket=bucket, Key=key)
+    except FileNotFoundError:
+        return None
+    body = got["Body"]
+    data = _read_body(fs, body)
+    return data, str(got.get("ETag", "")).strip('"')
+
+
+def _read_body(fs: Any, body: Any) -> bytes:
+    import asyncio
+
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        try:
+            return bytes(await body.read())
+        finally:
+            body.close()
+
+    if asyncio.iscoroutinefunction(getattr(body, "read", None)):
+        return sync(fs.loop, read)
+    return bytes(body.read())
+
+
+def replace_if(fs: Any, path: str, data: bytes, version: str | None) -> str | None:
+    """Write `path` only if it is still at `version` (None: only if absent). Returns the new
+    version, or None when another writer got there first (nothing written)."""
+    if is_local(fs):
+        if version is not None:
+            return _replace_local_if(path, data, version)
+        if not _put_local(path, data, exclusive=True):
+            return None
+        return hashlib.sha256(data).hexdigest()
+    bucket, key, _ = fs.split_path(path)
+    condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": f'"{version}"'}
+    try:
+        put = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except (FileExistsError, OSError) as exc:
+        if _is_precondition_failure(exc) or isinstance(exc, FileNotFoundError):
+            return None
+        raise
+    finally:
+        fs.invalidate_cache(path.rsplit("/", 1)[0])
+    return str(put.get("ETag", "")).strip('"')
+
+
+def _replace_local_if(path: str, data: bytes, version: str) -> str | None:
+    aside = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{unique_suffix()}.old"
+    try:
+        os.rename(path, aside)  # atomic: of several racers exactly one moves the object
+    except FileNotFoundError:
+        return None
+    with open(aside, "rb") as f:
+        old = f.read()
+    if hashlib.sha256(old).hexdigest() != version:
+        # it changed after the caller read it: put it back (unless someone created one since)
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        os.remove(aside)
+        return None
+    os.remove(aside)
+    if not _put_local(path, data, exclusive=True):
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
+def delete_if(fs: Any, path: str, version: str) -> bool:
+    """Remove `path` if it is still at `version`; False if it changed or is gone."""
+    if is_local(fs):
+        got = read_versioned(fs, path)
+        if got is None or got[1] != version:
+            return False
+        os.remove(path)
+        return True
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{version}"')
+    except (FileExistsError, OSError) as exc:
+        if _is_precondition_failure(exc) or isinstance(exc, FileNotFoundError):
+            return False
+        raise
+    finally:
+        fs.invalidate_cache(path.rsplit("/", 1)[0])
+    return True
+
+
 def _is_precondition_failure(exc: BaseException) -> bool:
     if isinstance(exc, FileExistsError):
         return True
@@ -217,8 +348,25 @@ def remove_tree(fs: Any, path: str) -> int:
 
 
 def remove_files(fs: Any, paths: list[str]) -> None:
-    if paths:
+    """Remove files; ones already gone are not an error (another cleanup may have been first)."""
+    if not paths:
+        return
+    if is_local(fs):
+        for path in paths:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        return
+    try:
         fs.rm(paths)
+    except FileNotFoundError:  # s3fs expands the paths first and refuses missing ones
+        for path in paths:
+            try:
+                fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+    fs.invalidate_cache(paths[0].rsplit("/", 1)[0])
 
 
 def parse_storage_options(pairs: list[str]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipeline.writers import storage
+from pipeline.writers.location import OutputLocation
 from schemas.errors import ERRORS_SCHEMA_VERSION
-from schemas.manifest import MANIFEST_VERSION, SUMMARY_FILE, ManifestRecord
+from schemas.manifest import MANIFEST_VERSION, ManifestRecord
 from schemas.summary import SUMMARY_VERSION
 from schemas.tokens import TOKENS_SCHEMA_VERSION
 
@@ -116,7 +117,8 @@ def build_summary(records: Mapping[str, ManifestRecord] | Iterable[ManifestRecor
     }
 
 
-def write_summary(output_uri: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
+def write_summary(where: OutputLocation | str, summary: dict[str, Any],
+                  storage_options: dict[str, Any] | None = None) -> None:
     """Write summary.json whole (one PUT, so a reader never sees half of it)."""
-    fs, root = storage.get_fs(output_uri, storage_options)
-    storage.put_bytes(fs, storage.join(root, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True).encode())
+    loc = OutputLocation.of(where, storage_options)
+    storage.put_bytes(loc.fs, loc.path(loc.SUMMARY), json.dumps(summary, indent=2, sort_keys=True).encode())
