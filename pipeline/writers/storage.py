@@ -226,17 +226,23 @@ def replace_if(fs: Any, path: str, data: bytes, version: str | None) -> str | No
         if not _put_local(path, data, exclusive=True):
             return None
         return hashlib.sha256(data).hexdigest()
-    bucket, key, _ = fs.split_path(path)
     condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": f'"{version}"'}
+    put = _s3_if(fs, "put_object", path, Body=data, **condition)
+    return None if put is None else str(put.get("ETag", "")).strip('"')
+
+
+def _s3_if(fs: Any, operation: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
+    """A conditional S3 call on `path`: its response, or None when the condition failed (412)
+    or the object is gone."""
+    bucket, key, _ = fs.split_path(path)
     try:
-        put = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        return dict(fs.call_s3(operation, Bucket=bucket, Key=key, **kwargs))
     except (FileExistsError, OSError) as exc:
         if _is_precondition_failure(exc) or isinstance(exc, FileNotFoundError):
             return None
         raise
     finally:
         fs.invalidate_cache(path.rsplit("/", 1)[0])
-    return str(put.get("ETag", "")).strip('"')
 
 
 def _replace_local_if(path: str, data: bytes, version: str) -> str | None:
@@ -269,16 +275,7 @@ def delete_if(fs: Any, path: str, version: str) -> bool:
             return False
         os.remove(path)
         return True
-    bucket, key, _ = fs.split_path(path)
-    try:
-        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{version}"')
-    except (FileExistsError, OSError) as exc:
-        if _is_precondition_failure(exc) or isinstance(exc, FileNotFoundError):
-            return False
-        raise
-    finally:
-        fs.invalidate_cache(path.rsplit("/", 1)[0])
-    return True
+    return _s3_if(fs, "delete_object", path, IfMatch=f'"{version}"') is not None
 
 
 def _is_precondition_failure(exc: BaseException) -> bool:
