@@ -302,7 +302,11 @@ def _run_leased(spec: JobSpec, address: str | None, show_progress: bool, stop: S
     )
 
     location = lease.location
-    lease.on_lost = lambda: stop.request("lease lost")
+    def lost() -> None:  # the output is another driver's now: no grace, stop at once
+        stop.request("lease lost")
+        stop.hurry.set()
+
+    lease.on_lost = lost
     prepare_output(spec, fingerprint, len(urls), location)
     plan = plan_output(urls, location, fingerprint=fingerprint_digest(fingerprint))
     supersede(location, plan.stale)
