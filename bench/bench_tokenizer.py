@@ -1,22 +1,32 @@
-"""Native tokenizer vs the official implementation on the same weights; streaming memory.
+"""Native tokenizer vs the form users run (the released encoder.jit / decoder.jit); streaming memory.
 
-    .venv/bin/python bench/bench_tokenizer.py [--official-path DIR] [--presets CV8x8x8 DV8x16x16]
-        [--shapes 17x256x256 33x512x512] [--threads 2] [--repeat 2] [--stream-shape 256x256]
+    .venv/bin/python bench/bench_tokenizer.py [--jit-dir DIR] [--official-path DIR]
+        [--presets CV8x8x8 DV8x16x16] [--shapes 17x256x256] [--ops encode decode]
+        [--threads 2] [--repeat 5] [--stream-shape 256x256] [--json out.json]
 
-Reference ("official"): NVIDIA's `cosmos_tokenizer` package when it can be imported (put a
-checkout of NVIDIA/Cosmos-Tokenizer on PYTHONPATH or pass --official-path; never commit it;
-a missing `loguru` is replaced by a stub), built from its own config with the native model's
-weights loaded strictly. Otherwise ("jit") the native model traced with torch.jit.trace the way
-the official .jit files are made, which compares the runtimes but not the implementations.
+Reference, first column ("jit"): official-format TorchScript files, `DIR/<preset>/encoder.jit`
+and `decoder.jit` under --jit-dir (or $TOKENMILL_OFFICIAL_JIT): NVIDIA's released files, or files
+traced from NVIDIA's own eager classes the way the release is made (`torch.jit.trace` of
+`encoder_jit()` / `decoder_jit()`). The native model loads its weights from the same files, so
+both sides hold identical weights. Without such files the bench falls back to
+`export_official_jit` of the native model ("jit-of-native"): that is tokenmill's own module
+traced, the same file layout but not NVIDIA's graph, and is labelled so in every row.
+Second column ("eager"): NVIDIA's Python classes (`cosmos_tokenizer`, from --official-path or
+PYTHONPATH; never committed here; a missing `loguru` is replaced by a stub) holding the same
+weights, when importable.
 
-Every measurement runs in a fresh process: wall time and CPU time (best of --repeat, the first
-run includes oneDNN warm-up), and peak RSS growth during the call (VmHWM after the call minus
-VmRSS before it, with the high-water mark reset through /proc/self/clear_refs; glibc is told to
-serve blocks over 1 MiB by mmap so that freed tensors leave RSS). Weights are
-seeded random (timing and memory do not depend on their values). Ratios are official/native:
-above 1 means native is faster or smaller. Streaming: native CV8x8x8 (or --stream-preset) peak
-memory encoding 257 frames arriving in chunks of --stream-chunk frames (generated chunk by chunk,
-never whole in memory) against one full pass over a 33-frame clip.
+Wall and CPU time: one process holds every implementation; after two warm-up calls each (the
+TorchScript profiling executor optimises on its second call), --repeat rounds call each once in
+rotating order. Reported: the median per implementation, and speedup = the median over rounds of
+reference time / native time (above 1: native is faster).
+Peak memory: each implementation in a fresh process, one warm-up call, then the peak RSS growth
+during one more call (VmHWM after minus VmRSS before, the high-water mark reset through
+/proc/self/clear_refs; glibc is told to serve blocks over 1 MiB by mmap so that freed tensors
+leave RSS). memory = native / reference (below 1: native is smaller).
+Streaming: native --stream-preset peak memory encoding 257 frames arriving in chunks of
+--stream-chunk frames (generated chunk by chunk, never whole in memory) against one full pass
+over a 33-frame clip. Weights are seeded random where not loaded from files (timing and memory do
+not depend on their values).
 """
 
 from __future__ import annotations
@@ -25,15 +35,18 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+Fn = Callable[[Any], Any]
 
 
 def _rss_kib(field: str) -> int:
@@ -50,7 +63,7 @@ def _reset_peak() -> None:
         pass
 
 
-def _official_model(name: str, official_path: str | None) -> Any:
+def _official_eager(name: str, official_path: str | None) -> Any:
     if official_path:
         sys.path.insert(0, official_path)
     try:
@@ -65,39 +78,98 @@ def _official_model(name: str, official_path: str | None) -> Any:
     return TokenizerModels[family].value(**cfg).eval()
 
 
-def _reference(impl: str, native: Any, x: Any, official_path: str | None) -> tuple[Any, Any]:
-    """(encode fn, decode fn) of the reference implementation holding `native`'s weights."""
+def _native(job: dict[str, Any]) -> Any:
+    import tokenizer_core as tc
+
+    if job.get("jit_dir"):
+        return tc.from_pretrained(job["preset"], checkpoint=Path(job["jit_dir"]) / job["preset"])
+    return tc.from_pretrained(job["preset"], init="random")
+
+
+def _implementation(impl: str, native: Any, job: dict[str, Any]) -> tuple[Fn, Fn]:
+    """(encode fn, decode fn) of `impl` holding `native`'s weights; decode takes native's encode output."""
     import torch
 
-    if impl == "official":
-        ref = _official_model(native.config.name, official_path)
-        ref.load_state_dict(native.state_dict(), strict=True)
+    if impl == "native":
+        return native.encode, native.decode
+    if impl == "eager":
+        ref = _official_eager(native.config.name, job.get("official_path"))
+        ref.load_state_dict({k: v.contiguous() for k, v in native.state_dict().items()}, strict=True)
         if native.config.discrete:
             ref.quantizer.dtype = torch.float32
             return (lambda v: ref.encode(v)[0]), (lambda z: ref.decode_code(z))
         return (lambda v: ref.encode(v)[0]), (lambda z: ref.decode(z))
-    from tokenizer_core.official import export_official_jit
+    if impl == "jit":
+        folder = Path(job["jit_dir"]) / native.config.name
+    else:  # "jit-of-native": tokenmill's own module traced into the official file layout
+        from tokenizer_core.official import export_official_jit
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-jit-"))
-    export_official_jit(native, folder, x[:, :, :9, :64, :64], autoencoder=False)
+        folder = Path(tempfile.mkdtemp(prefix="bench-jit-"))
+        x = torch.zeros(1, 3, 17, 64, 64)
+        export_official_jit(native, folder, x, autoencoder=False)
     enc, dec = torch.jit.load(str(folder / "encoder.jit")), torch.jit.load(str(folder / "decoder.jit"))
     return (lambda v: enc(v)[0]), (lambda z: dec(z))
 
 
-def _measure(fn: Any, arg: Any, repeat: int) -> dict[str, float]:
-    wall, cpu, peak = [], [], []
-    for _ in range(repeat):
-        before = _rss_kib("VmRSS")
-        _reset_peak()
-        t0, c0 = time.perf_counter(), time.process_time()
+def _call(fn: Fn, arg: Any) -> tuple[float, float]:
+    import torch
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
         fn(arg)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        peak.append((_rss_kib("VmHWM") - before) / 1024)
-    return {"wall_s": min(wall), "cpu_s": min(cpu), "peak_mib": min(peak)}
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def worker(job: dict[str, Any]) -> dict[str, Any]:
+def _setup(job: dict[str, Any], impls: list[str]) -> tuple[dict[str, Fn], Any]:
+    """The op's function per implementation, and its input (a video, or native's encode output)."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    native = _native(job)
+    t, h, w = job["shape"]
+    x = torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    arg = native.encode(x) if job["op"] == "decode" else x
+    pick = 0 if job["op"] == "encode" else 1
+    fns = {impl: _implementation(impl, native, job)[pick] for impl in impls}
+    if "native" not in impls:
+        del native  # a memory worker holds only the implementation it measures
+    return fns, arg
+
+
+def time_worker(job: dict[str, Any]) -> dict[str, Any]:
+    fns, arg = _setup(job, job["impls"])
+    for fn in fns.values():
+        for _ in range(2):
+            fn(arg)
+    runs: dict[str, list[tuple[float, float]]] = {impl: [] for impl in fns}
+    order = list(fns)
+    for r in range(job["repeat"]):
+        for impl in order[r % len(order):] + order[: r % len(order)]:
+            runs[impl].append(_call(fns[impl], arg))
+    out: dict[str, Any] = {}
+    for impl, values in runs.items():
+        out[impl] = {"wall_s": statistics.median(v[0] for v in values),
+                     "cpu_s": statistics.median(v[1] for v in values)}
+        if impl != "native":
+            out[impl]["speedup_wall"] = statistics.median(a[0] / b[0] for a, b in zip(values, runs["native"], strict=True))
+            out[impl]["speedup_cpu"] = statistics.median(a[1] / b[1] for a, b in zip(values, runs["native"], strict=True))
+    return out
+
+
+def memory_worker(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    fns, arg = _setup(job, [job["impl"]])
+    fn = fns[job["impl"]]
+    fn(arg)  # warm-up (oneDNN primitives, the TorchScript profiling run)
+    before = _rss_kib("VmRSS")
+    _reset_peak()
+    with torch.no_grad():
+        fn(arg)
+    return {"peak_mib": (_rss_kib("VmHWM") - before) / 1024, "rss_mib": _rss_kib("VmHWM") / 1024}
+
+
+def stream_worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import tokenizer_core as tc
@@ -105,25 +177,27 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     native = tc.from_pretrained(job["preset"], init="random")
     t, h, w = job["shape"]
-    x = torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    if job.get("mode") == "stream":
-        # A long video arriving chunk by chunk (as from a decoder): never whole in memory.
-        chunk = job["chunk"]
+    chunk = job["chunk"]
 
-        def chunks(_: Any) -> Any:
-            gen = torch.Generator().manual_seed(0)
-            sizes = [1 + chunk] + [chunk] * ((t - 1 - chunk) // chunk)
-            for n in sizes:
-                yield torch.rand(1, 3, n, h, w, generator=gen) * 2 - 1
+    def chunks() -> Any:  # a long video arriving chunk by chunk (as from a decoder)
+        gen = torch.Generator().manual_seed(0)
+        for n in [1 + chunk] + [chunk] * ((t - 1 - chunk) // chunk):
+            yield torch.rand(1, 3, n, h, w, generator=gen) * 2 - 1
 
-        return _measure(lambda _: list(native.encode_stream(chunks(None))), None, job["repeat"])
-    with torch.no_grad():
-        if job["impl"] == "native":
-            enc, dec = native.encode, native.decode
-        else:
-            enc, dec = _reference(job["impl"], native, x, job.get("official_path"))
-        latent = native.encode(x) if job["op"] == "decode" else None
-        return _measure(enc if job["op"] == "encode" else dec, x if job["op"] == "encode" else latent, job["repeat"])
+    if job["mode"] == "full":
+        x = torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        run: Callable[[], Any] = lambda: native.encode(x)  # noqa: E731
+    else:
+        run = lambda: list(native.encode_stream(chunks()))  # noqa: E731
+    run()  # warm-up
+    before = _rss_kib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    run()
+    return {"wall_s": time.perf_counter() - t0, "peak_mib": (_rss_kib("VmHWM") - before) / 1024}
+
+
+WORKERS = {"time": time_worker, "memory": memory_worker, "stream": stream_worker}
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
@@ -138,62 +212,90 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _official_available(path: str | None) -> bool:
-    code = "import sys, types, logging; sys.modules.setdefault('loguru', types.SimpleNamespace(logger=None)); " \
+def _eager_available(path: str | None) -> bool:
+    code = "import sys, types; sys.modules.setdefault('loguru', types.SimpleNamespace(logger=None)); " \
            "import cosmos_tokenizer.networks"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False).returncode == 0
 
 
+def _jit_dir(arg: str | None, presets: list[str]) -> str | None:
+    folder = arg or os.environ.get("TOKENMILL_OFFICIAL_JIT")
+    if not folder:
+        return None
+    missing = [p for p in presets for f in ("encoder.jit", "decoder.jit") if not (Path(folder) / p / f).is_file()]
+    if missing:
+        raise SystemExit(f"--jit-dir {folder}: missing {', '.join(missing[:4])} (need <preset>/encoder.jit, decoder.jit)")
+    return folder
+
+
+def compare(args: argparse.Namespace, base: dict[str, Any], refs: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for preset in args.presets:
+        for shape_text in args.shapes:
+            for op in args.ops:
+                job = {**base, "preset": preset, "shape": [int(v) for v in shape_text.split("x")], "op": op}
+                row: dict[str, Any] = {"preset": preset, "shape": shape_text, "op": op,
+                                       **_run({**job, "kind": "time", "impls": ["native", *refs]})}
+                for impl in ["native", *refs]:
+                    row[impl].update(_run({**job, "kind": "memory", "impl": impl}))
+                for impl in refs:
+                    row[impl]["memory_ratio"] = row["native"]["peak_mib"] / max(row[impl]["peak_mib"], 1e-9)
+                rows.append(row)
+                cells = " | ".join(
+                    f"vs {impl}: {row[impl]['wall_s']:.2f}s {row[impl]['peak_mib']:.0f}MiB, speedup wall "
+                    f"{row[impl]['speedup_wall']:.2f} cpu {row[impl]['speedup_cpu']:.2f}, memory "
+                    f"{row[impl]['memory_ratio']:.2f}" for impl in refs)
+                print(f"{preset:10s} {shape_text:11s} {op:6s} native {row['native']['wall_s']:.2f}s "
+                      f"{row['native']['peak_mib']:.0f}MiB | {cells}", flush=True)
+    return rows
+
+
+def stream(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    h, w = (int(v) for v in args.stream_shape.split("x"))
+    job = {**base, "preset": args.stream_preset, "kind": "stream", "chunk": args.stream_chunk}
+    short = _run({**job, "shape": [33, h, w], "mode": "full"})
+    long = _run({**job, "shape": [257, h, w], "mode": "chunks"})
+    ratio = long["peak_mib"] / max(short["peak_mib"], 1e-9)
+    print(f"streaming {args.stream_preset} {args.stream_shape}: 33 frames full {short['peak_mib']:.0f}MiB "
+          f"{short['wall_s']:.1f}s | 257 frames streamed in chunks of {args.stream_chunk} "
+          f"{long['peak_mib']:.0f}MiB {long['wall_s']:.1f}s | memory ratio {ratio:.2f}", flush=True)
+    return {"stream": args.stream_preset, "shape": args.stream_shape, "full_33": short, "stream_257": long,
+            "memory_ratio": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--official-path", default=None)
+    parser.add_argument("--jit-dir", default=None, help="folder of <preset>/encoder.jit, decoder.jit "
+                        "(default $TOKENMILL_OFFICIAL_JIT)")
+    parser.add_argument("--official-path", default=None, help="folder holding NVIDIA's cosmos_tokenizer package")
     parser.add_argument("--presets", nargs="+", default=["CV8x8x8", "DV8x16x16"])
-    parser.add_argument("--shapes", nargs="+", default=["17x256x256", "33x512x512"])
+    parser.add_argument("--shapes", nargs="+", default=["17x256x256"])
+    parser.add_argument("--ops", nargs="+", default=["encode", "decode"], choices=["encode", "decode"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--stream-preset", default="CV8x8x8")
     parser.add_argument("--stream-shape", default="256x256")
     parser.add_argument("--stream-chunk", type=int, default=16, help="frames per streamed chunk (multiple of t)")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        job = json.loads(args.worker)
+        print(json.dumps(WORKERS[job["kind"]](job)))
         return
-    impl = "official" if _official_available(args.official_path) else "jit"
-    print(f"reference implementation: {impl}; threads={args.threads}; repeat={args.repeat}")
-    results: list[dict[str, Any]] = []
-    base = {"threads": args.threads, "repeat": args.repeat, "official_path": args.official_path}
-    if not args.skip_compare:
-        for preset in args.presets:
-            for shape_text in args.shapes:
-                shape = [int(v) for v in shape_text.split("x")]
-                for op in ("encode", "decode"):
-                    row: dict[str, Any] = {"preset": preset, "shape": shape_text, "op": op}
-                    for which in (impl, "native"):
-                        row[which] = _run({**base, "preset": preset, "shape": shape, "op": op, "impl": which})
-                    row["speedup_cpu"] = row[impl]["cpu_s"] / row["native"]["cpu_s"]
-                    row["speedup_wall"] = row[impl]["wall_s"] / row["native"]["wall_s"]
-                    row["memory_ratio"] = row["native"]["peak_mib"] / max(row[impl]["peak_mib"], 1e-9)
-                    results.append(row)
-                    print(f"{preset:10s} {shape_text:11s} {op:6s} {impl} {row[impl]['wall_s']:7.2f}s "
-                          f"{row[impl]['peak_mib']:7.0f}MiB | native {row['native']['wall_s']:7.2f}s "
-                          f"{row['native']['peak_mib']:7.0f}MiB | speedup wall {row['speedup_wall']:.2f} "
-                          f"cpu {row['speedup_cpu']:.2f} | memory native/{impl} {row['memory_ratio']:.2f}", flush=True)
+    jit_dir = _jit_dir(args.jit_dir, args.presets)
+    refs = ["jit" if jit_dir else "jit-of-native"] + (["eager"] if _eager_available(args.official_path) else [])
+    print(f"references: {', '.join(refs)}{f' (jit files: {jit_dir})' if jit_dir else ''}; "
+          f"threads={args.threads}; repeat={args.repeat}", flush=True)
+    base = {"threads": args.threads, "repeat": args.repeat, "official_path": args.official_path, "jit_dir": jit_dir}
+    results: list[dict[str, Any]] = [] if args.skip_compare else compare(args, base, refs)
     if not args.skip_stream:
-        h, w = (int(v) for v in args.stream_shape.split("x"))
-        job = {**base, "preset": args.stream_preset, "op": "encode", "impl": "native", "repeat": 1}
-        short = _run({**job, "shape": [33, h, w], "mode": "full"})
-        long = _run({**job, "shape": [257, h, w], "mode": "stream", "chunk": args.stream_chunk})
-        ratio = long["peak_mib"] / max(short["peak_mib"], 1e-9)
-        results.append({"stream": args.stream_preset, "shape": args.stream_shape, "full_33": short,
-                        "stream_257": long, "memory_ratio": ratio})
-        print(f"streaming {args.stream_preset} {args.stream_shape}: 33 frames full {short['peak_mib']:.0f}MiB "
-              f"{short['wall_s']:.1f}s | 257 frames streamed in chunks of {args.stream_chunk} "
-              f"{long['peak_mib']:.0f}MiB {long['wall_s']:.1f}s | "
-              f"memory ratio {ratio:.2f}")
+        results.append(stream(args, base))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
 
 

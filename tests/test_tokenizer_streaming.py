@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tests.tokenizer_support import spread_tokenizer
 from tokenizer_core.patching import Patcher, Patcher3D, UnPatcher, UnPatcher3D
+from tokenizer_core.video import DecoderFactorized, EncoderFactorized
 
 torch.set_num_threads(1)
 
@@ -59,6 +60,35 @@ def test_encode_stream_accepts_an_iterator_of_chunks() -> None:
     assert (torch.cat(parts, dim=2) - tok.encode(x)).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="multiple of 8"):
         list(tok.encode_stream([x[:, :, :9], x[:, :, 9:14]]))
+
+
+@pytest.mark.parametrize("name", ["CV8x8x8-tiny", "DV8x16x16-tiny", "CV4x8x8-tiny"])
+def test_long_clip_chunked_at_full_resolution_equals_one_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long clips run their full-resolution levels in time chunks with carried causal state
+    (lower peak memory); the result is that of one pass over the whole clip."""
+    tok = spread_tokenizer(name)
+    x = _video(49, b=2)  # 13 frames at full resolution in both the encoder and the decoder
+    calls = {"enc": 0, "dec": 0}
+    for cls, key in ((EncoderFactorized, "enc"), (DecoderFactorized, "dec")):
+        real = cls._full_resolution_chunked
+
+        def counted(self, *args, _real=real, _key=key):  # type: ignore[no-untyped-def]
+            calls[_key] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(cls, "_full_resolution_chunked", counted)
+    z = tok.encode(x)
+    video = tok.decode(z)
+    assert calls == {"enc": 1, "dec": 1}
+    monkeypatch.setattr(EncoderFactorized, "chunk_from_frames", 10 ** 9)
+    monkeypatch.setattr(DecoderFactorized, "chunk_from_frames", 10 ** 9)
+    z_one, video_one = tok.encode(x), tok.decode(z)
+    assert calls == {"enc": 1, "dec": 1}
+    if tok.config.discrete:
+        assert torch.equal(z, z_one)
+    else:
+        assert (z - z_one).abs().max() <= 1e-5
+    assert (video - video_one).abs().max() <= 1e-5 * max(1.0, float(video_one.abs().max()))
 
 
 def test_stream_state_is_dropped_after_use() -> None:

@@ -14,9 +14,13 @@ result as one pass over the whole video (see `tokenizer_core/streaming.py`).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tokenizer_core import frames
 
 
 def _as3(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -112,11 +116,13 @@ class CausalConv3d(nn.Module):
             # the example's shape; a plain conv3d keeps traced files valid for any input size.
             return self.conv3d(replicate_first(x, self.time_pad))
         streaming = self._stream is not None and (self.kernel_t > 1 or self.time_stride > 1)
-        if (self.pointwise_in_space and self.time_stride == 1 and not streaming and _cpu_channels_last(x)
+        if (self.pointwise_in_space and self.time_stride == 1 and _cpu_channels_last(x)
                 and not torch.is_grad_enabled()):
             # inference only: the per-item in-place products save memory, but under autograd each
             # becomes a slice-copy node (a training step ran 1.4x slower through them than one padded gemm)
-            return self._causal_gemm(x)  # the causal padding stays implicit: no padded copy
+            if not streaming:
+                return self._causal_gemm(x)  # the causal padding stays implicit: no padded copy
+            return self._causal_gemm(x, self._carry_left(x))  # nor a concatenation with the carried frames
         if streaming:
             x = stream_window(self._stream, x, self.kernel_t, self.time_stride, self.time_pad)  # type: ignore[arg-type]
         else:
@@ -127,25 +133,44 @@ class CausalConv3d(nn.Module):
             return self._frame_conv2d(x)
         return self.conv3d(x)
 
+    def _carry_left(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Streaming at stride 1: the kt-1 input frames before this chunk (None at the stream start,
+        where they are copies of frame 0), and keep this chunk's last kt-1 frames for the next call.
+        Same state as `stream_window` (its unconsumed tail), so chunks may take either path."""
+        state = self._stream
+        assert state is not None
+        left, p = state.get("tail"), self.kernel_t - 1
+        if x.shape[2] >= p:
+            recent = x
+        else:  # a chunk shorter than the context: it follows the carried frames (or frame 0's copies)
+            recent = replicate_first(x, p - x.shape[2]) if left is None else cat_time([left, x])
+        state["tail"] = recent[:, :, -p:].clone(memory_format=torch.channels_last_3d)
+        return left
+
     # PyTorch sends convs whose kernel is 1x1 in space to a slow unfold-based kernel at one thread
     # (and for small inputs always). As matrix products over channels on channels-last frames
     # [B, T, H, W, C] they run at BLAS speed, accumulate in place (addmm's backward does not need
     # its output) and keep the layout. Outputs: [B, O, T_out, H, W], channels-last.
-    def _causal_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """Stride-1 causal kt x 1 x 1 conv; the kt-1 leading copies of frame 0 are never built."""
+    def _causal_gemm(self, x: torch.Tensor, left: torch.Tensor | None = None) -> torch.Tensor:
+        """Stride-1 causal kt x 1 x 1 conv. The kt-1 frames before x are `left` [B, C, kt-1, H, W],
+        or copies of frame 0 when None (never built: frame 0 enters as one more product)."""
         frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
         b, t, h, w, c = frames.shape
         weight = self.conv3d.weight[:, :, :, 0, 0]  # [O, C, kt]; tap kt-1 is the current frame
         p = self.kernel_t - 1
         out = F.linear(frames, weight[:, :, p], self.conv3d.bias)  # [B, T, H, W, O]
+        before = None if left is None else left.permute(0, 2, 3, 4, 1)  # [B, kt-1, H, W, C]
         for k in range(p):
-            lag = p - k  # tap k looks `lag` frames back; before the clip start that is frame 0
+            lag = p - k  # tap k looks `lag` frames back
+            n = min(lag, t)  # output frames whose tap k falls before x
             for i in range(b):
                 rows_out, rows_in = out[i].view(t * h * w, -1), frames[i].reshape(t * h * w, c)
                 if t > lag:
                     rows_out[lag * h * w:].addmm_(rows_in[: (t - lag) * h * w], weight[:, :, k].t())
-                first = F.linear(frames[i, :1], weight[:, :, k])  # [1, H, W, O]
-                out[i, : min(lag, t)] += first
+                if before is None:
+                    out[i, :n] += F.linear(frames[i, :1], weight[:, :, k])  # [1, H, W, O]
+                else:  # output frame j reads frame p - lag + j of `left`
+                    rows_out[: n * h * w].addmm_(before[i, k: k + n].reshape(n * h * w, c), weight[:, :, k].t())
         return out.permute(0, 4, 1, 2, 3)
 
     def _window_gemm(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +197,14 @@ class CausalConv3d(nn.Module):
         return out.unflatten(0, (b, t)).transpose(1, 2)
 
 
+def _conv(conv: nn.Module, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+    """conv(x) (+ x), in place frame by frame where that applies (see tokenizer_core/frames.py)."""
+    if isinstance(conv, CausalConv3d) and frames.applies(x):
+        return frames.conv_(conv, x, residual)
+    y = conv(x)
+    return y.add_(x) if residual else y
+
+
 def factorized_conv(chan_in: int, chan_out: int) -> nn.Sequential:
     """A 3x3x3 conv split into a 1x3x3 spatial and a 3x1x1 causal temporal conv (names .0 / .1)."""
     return nn.Sequential(
@@ -194,11 +227,13 @@ class CausalNormalize(nn.Module):
             return self.norm(x)
         weight, bias = self.norm.weight.float(), self.norm.bias.float()
         if x.is_contiguous(memory_format=torch.channels_last_3d):
+            if not torch.is_grad_enabled():
+                return self._frames_inference(x, weight, bias)
             # Channels-last: each frame's (H, W, C) block is contiguous, so one fused layer_norm
             # per frame; computed in fp32 so bf16/fp16 runs normalise like fp32 ones.
             frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
             hwc = frames.shape[2:]
-            # The per-channel affine expanded to one frame (small) lets layer_norm apply it in-kernel.
+            # The per-channel affine expanded to one frame lets layer_norm apply it in-kernel.
             y = F.layer_norm(frames.float(), hwc, weight.expand(hwc), bias.expand(hwc), eps=self.norm.eps)
             return y.to(x.dtype).permute(0, 4, 1, 2, 3)
         xf = x.float()
@@ -206,6 +241,18 @@ class CausalNormalize(nn.Module):
         y = (xf - mean) * torch.rsqrt(var + self.norm.eps)
         shape = (1, -1, 1, 1, 1)
         return (y * weight.view(shape) + bias.view(shape)).to(x.dtype)
+
+    def _frames_inference(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Channels-last x without autograd. fp32 on CPU: group_norm over frames, whose channels-last
+        kernel applies the affine in-kernel (faster than layer_norm here). Otherwise layer_norm in
+        fp32 and the affine in place (expanding it to a frame for layer_norm costs 2 frames of memory)."""
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            frames = x.transpose(1, 2).flatten(0, 1)  # [(B T), C, H, W], channels-last 2D
+            y = F.group_norm(frames, 1, weight, bias, self.norm.eps)
+            return y.unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
+        frames = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
+        y = F.layer_norm(frames.float(), frames.shape[2:], eps=self.norm.eps)
+        return torch.addcmul(bias, y, weight, out=y).to(x.dtype).permute(0, 4, 1, 2, 3)
 
 
 class CausalResnetBlockFactorized3d(nn.Module):
@@ -226,10 +273,36 @@ class CausalResnetBlockFactorized3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In-place SiLU only without autograd (its backward needs the input). Residual adds go into
         # the fresh conv output in place either way (a conv's backward does not need its output).
-        inplace = not torch.is_grad_enabled()
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        if torch.is_grad_enabled():
+            h = self.conv1(F.silu(self.norm1(x)))
+            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+            return h.add_(self.nin_shortcut(x))
+        if frames.applies(x):
+            return self._forward_in_place(x)
+        # Inference elsewhere: each intermediate is released as soon as the next one exists
+        # (calling the Sequential would keep its input alive until its last conv).
+        h = F.silu(self.norm1(x), inplace=True)
+        for conv in self.conv1:
+            h = conv(h)
+        h = self.dropout(F.silu(self.norm2(h), inplace=True))
+        for conv in self.conv2:
+            h = conv(h)
         return h.add_(self.nin_shortcut(x))
+
+    def _forward_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU with two activations alive (x and h): see tokenizer_core/frames.py."""
+        spatial1, temporal1 = cast(tuple[CausalConv3d, CausalConv3d], tuple(self.conv1))
+        if spatial1.conv3d.in_channels == spatial1.conv3d.out_channels:
+            h = frames.conv_(spatial1, F.silu(self.norm1(x), inplace=True))
+        else:  # norm and conv frame by frame: the normalised x never exists whole
+            h = frames.map_frames(lambda f: spatial1(F.silu(self.norm1(f), inplace=True)), x)
+        h = frames.conv_(temporal1, h)
+        h = F.silu(frames.norm_(self.norm2, h), inplace=True)
+        for conv in self.conv2:
+            h = frames.conv_(cast(CausalConv3d, conv), h)
+        if isinstance(self.nin_shortcut, CausalConv3d):
+            return frames.add_pointwise_(self.nin_shortcut, h, x)
+        return h.add_(x)
 
 
 class _AttnProjections(nn.Module):
@@ -337,11 +410,17 @@ class CausalHybridDownsample3d(nn.Module):
         if not self.spatial_down and not self.temporal_down:
             return x
         if self.spatial_down:
-            x = F.pad(x, (0, 1, 0, 1, 0, 0))
-            x = self.conv1(x).add_(pair_mean(x, (3, 4)))
+            if frames.applies(x):  # frame by frame: the padded copy never exists whole
+                x = frames.map_frames(self._spatial, x)
+            else:
+                x = self._spatial(x)
         if self.temporal_down:
             x = self._temporal(x)
-        return self.conv3(x)
+        return _conv(self.conv3, x)
+
+    def _spatial(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 1, 0, 1, 0, 0))
+        return self.conv1(x).add_(pair_mean(x, (3, 4)))
 
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is None:
@@ -380,8 +459,8 @@ class CausalHybridUpsample3d(nn.Module):
             # 1 + k frames -> 1 + 2k (the official "time_factor" of 1 for a single frame gives the same).
             x = F.interpolate(x, scale_factor=(2.0, 1.0, 1.0), mode="nearest")  # = repeat_interleave(2), keeps layout
             x = x[:, :, 1:] if first else x
-            x = self.conv1(x).add_(x)
+            x = _conv(self.conv1, x, residual=True)
         if self.spatial_up:
             x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-            x = self.conv2(x).add_(x)
-        return self.conv3(x)
+            x = _conv(self.conv2, x, residual=True)
+        return _conv(self.conv3, x)

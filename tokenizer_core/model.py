@@ -93,7 +93,9 @@ class CosmosTokenizer(nn.Module):
 
     # ----------------------------------------------------------------- raw (no padding, no checks)
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x.contiguous(memory_format=self.memory_format))).contiguous()
+        if not self.config.video:  # the video patcher takes any layout and returns channels-last
+            x = x.contiguous(memory_format=self.memory_format)
+        return self.quant_conv(self.encoder(x)).contiguous()
 
     def _quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.quantizer is None:
