@@ -10,7 +10,7 @@ minutes=${1:-10}
 clips=${2:-10}
 export RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1
 # name channels num_res_blocks
-candidates=("c32r1 32 1" "c64r1 64 1" "c64r2 64 2" "c96r1 96 1")
+candidates=("c32r1 32 1" "c64r1 64 1" "c64r2 64 2")
 mkdir -p out/screen
 for c in "${candidates[@]}"; do
   read -r name ch rb <<< "$c"

@@ -145,19 +145,24 @@ def test_loss_terms_are_weighted_sums_of_their_definitions():
     assert "mse" not in without  # off by default: the shipped recipe's loss is unchanged
 
 
-def test_bundled_recipe_chains_its_two_stages_and_the_shipped_weights_are_stage_two():
-    """scripts/train_bundled.sh: stage two fine-tunes stage one's checkpoint and alone writes the
-    bundled file, whose recorded config is stage two's (weights retrained with another recipe fail)."""
+def test_bundled_recipe_chains_its_stages_and_the_shipped_weights_are_stage_three():
+    """scripts/train_bundled.sh: stage two fine-tunes stage one's checkpoint and exports the bundled
+    file, stage three fine-tunes that file on the broader data and overwrites it; the shipped
+    file's recorded config is stage three's (weights retrained with another recipe fail)."""
     root = Path(__file__).resolve().parents[1]
     one = load_train_config(str(root / "examples" / "train_bundled.yaml"))
     two = load_train_config(str(root / "examples" / "train_bundled_finetune.yaml"))
-    assert one.model.init == "random" and two.model.init == "pretrained"
+    three = load_train_config(str(root / "examples" / "train_bundled_broad.yaml"))
+    assert one.model.init == "random" and two.model.init == three.model.init == "pretrained"
     assert Path(two.model.name) == Path(one.output_dir) / "last.pt"
-    assert one.export is None and two.export is not None
-    assert Path(two.export.path) == root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
-    recorded = torch.load(two.export.path, weights_only=True)["extra"]
-    made_by, stage_two = (json.loads(json.dumps(c)) for c in (recorded["train_config"], two.to_dict()))
-    for paths in (made_by, stage_two):  # absolute paths of the machine that trained it
+    bundled = root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
+    assert one.export is None and two.export is not None and three.export is not None
+    assert Path(two.export.path) == Path(three.export.path) == bundled and three.model.name == "DV4x8x8-mill"
+    script = (root / "scripts" / "train_bundled.sh").read_text()
+    assert script.index("train_bundled_finetune.yaml") < script.index("train_bundled_broad.yaml")
+    recorded = torch.load(three.export.path, weights_only=True)["extra"]
+    made_by, stage_three = (json.loads(json.dumps(c)) for c in (recorded["train_config"], three.to_dict()))
+    for paths in (made_by, stage_three):  # absolute paths of the machine that trained it
         del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
-    assert made_by == stage_two
-    assert 0 < recorded["steps"] <= two.steps  # max_minutes may end a run early
+    assert made_by == stage_three
+    assert 0 < recorded["steps"] <= three.steps  # max_minutes may end a run early
