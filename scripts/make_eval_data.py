@@ -8,7 +8,8 @@ them (scripts/make_train_data.py draws on other sources), so a score here is a s
 content the tokenizer has never seen. Every photo becomes one 17-frame clip per codec (H.264
 for all, VP9 and HEVC alternating for the second copy), each with its own camera path and
 frame size (landscape, portrait, wide), so `tokenmill eval` at 17x256x256 scores one clip per
-video. Offline and deterministic; --tiny writes 2 photos at 64x48, 9 frames, for the tests.
+video. Offline; the frames are deterministic (the H.264 bytes vary slightly between runs, see
+scripts/synthetic_video.py). --tiny writes 2 photos at 64x48, 9 frames, for the tests.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Build the broader training shards of the bundled tokenizer, all offline and deterministic.
+"""Build the broader training shards of the bundled tokenizer, offline (frames deterministic).
 
     python scripts/make_train_data.py [--out data/train] [--frames 33] [--tiny]
 
