@@ -187,99 +187,121 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], 
     )
 
 
-def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[str],
+def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[Any],
               shards_total: int, shards_done: int, show_progress: bool) -> tuple[Any, list[dict], dict]:
-    """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement)."""
+    """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement).
+
+    Each dispatcher tick also lets the actor pool follow the cluster (jobs.pool): new actors on
+    GPU nodes that joined, a roster without actors whose node left, decode slots re-counted."""
     import ray
 
     from jobs import placement as pl
     from jobs.dispatch import ShardDispatcher
+    from jobs.pool import ActorPool, ShardLauncher
     from jobs.progress import Progress
     from jobs.shard_task import run_shard
 
     place = pl.plan_placement(spec)
     settings = replace(pl.actor_settings(spec, place), name=info.load_name, checkpoint=info.load_checkpoint)
-    actors = pl.start_actors(settings, place.num_actors, f"{spec.name}-{uuid.uuid4().hex[:6]}")
+    pool = ActorPool(settings, spec.resources, place, f"{spec.name}-{uuid.uuid4().hex[:6]}",
+                     cpus_per_task=spec.clips.decoder_threads)
+    progress = None
     try:
-        started = pl.wait_for_actors(actors)
-    except pl.ActorStartError:
-        for actor in actors:
-            ray.kill(actor)
-        raise
-    nodes = [st["node_id"] if st else None for st in started]
-    batch_size = _batch_size(spec, started)
-    job = _shard_job(spec, info, fingerprint, batch_size)
-    # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
-    task = ray.remote(run_shard).options(num_cpus=spec.clips.decoder_threads, max_retries=0)
-    progress = Progress(spec.name, shards_total, shards_done, actors, show_progress)
-    dispatcher = ShardDispatcher(
-        lambda url, launch: task.remote(job, url, launch, actors, nodes),
-        max_in_flight=min(place.decode_workers, max(1, len(todo))),
-        max_attempts=spec.retries.max_attempts,
-        on_tick=progress.tick,
-    )
-    ready = time.time()
-    try:
+        pool.start()
+        batch_size = _batch_size(spec, [m.stats for m in pool.members if m.answered])
+        # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
+        launcher = ShardLauncher(ray.remote(run_shard), {"num_cpus": spec.clips.decoder_threads, "max_retries": 0},
+                                 _shard_job(spec, info, fingerprint, batch_size), pool)
+        progress = Progress(spec.name, shards_total, shards_done, pool.handles, show_progress)
+        cap = max(1, len(todo))
+
+        def tick(result: Any, running: int) -> None:
+            if pool.refresh():
+                launcher.recount()
+                dispatcher.max_in_flight = min(pool.decode_slots, cap)
+            progress.tick(result, running)
+
+        dispatcher = ShardDispatcher(launcher, max_in_flight=min(pool.decode_slots, cap),
+                                     max_attempts=spec.retries.max_attempts, on_tick=tick)
+        launcher.running = dispatcher.running
+        ready = time.time()
         result = dispatcher.run(todo)
         dispatch_seconds = time.time() - ready
         progress.finish(result)
         actor_stats = [dict(st, actor=i) for i, st in enumerate(progress.actor_stats)]
     finally:
-        progress.close()
-        for actor in actors:
-            ray.kill(actor)
-    return result, actor_stats, {"placement": place.__dict__, "dispatch_seconds": dispatch_seconds,
-                                 "batch_size": batch_size}
+        if progress is not None:
+            progress.close()
+        pool.close()
+    extra = {"placement": {**place.__dict__, "actors_started": len(pool.members),
+                           "decode_workers_final": pool.decode_slots},
+             "dispatch_seconds": dispatch_seconds, "batch_size": batch_size}
+    return result, actor_stats, extra
 
 
-def _summarise(spec: JobSpec, urls: list[str], quarantined: list[dict[str, Any]], started: float,
+def _summarise(spec: JobSpec, shards: list[Any], quarantined: list[dict[str, Any]], started: float,
                extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
     """summary.json from the manifest (the truth), not from driver memory."""
-    from pipeline.records import shard_id
     from pipeline.writers.dataset_card import write_card
+    from pipeline.writers.file_index import write_file_index
     from pipeline.writers.manifest import compact_manifest, read_manifest
     from pipeline.writers.summary import build_summary, write_summary
 
-    wanted = {shard_id(u) for u in urls}
-    records = {k: r for k, r in read_manifest(spec.output.uri, spec.output.storage_options).items() if k in wanted}
+    wanted = {s.id for s in shards}
+    everything = read_manifest(spec.output.uri, spec.output.storage_options)
+    records = {k: r for k, r in everything.items() if k in wanted}
     timings = {"wall_seconds": time.time() - started}
-    summary = build_summary(records, quarantined, timings, shards_total=len(urls), started_at=started,
+    summary = build_summary(records, quarantined, timings, shards_total=len(shards), started_at=started,
                             status=status)
     summary.update(extra)
+    summary["frame_bytes"] = _frame_bytes(records.values())
     write_summary(spec.output.uri, summary, storage_options=spec.output.storage_options)
     compact_manifest(spec.output.uri, spec.output.storage_options, records)
     write_card(spec.output.uri, spec.output.storage_options, spec.name, spec.output.format, summary)
+    if status == "finished":
+        # nothing of this run can record a shard any more (a crashed run's tasks might): loaders
+        # may plan from the file index alone until the next run rewrites job.json
+        write_file_index(spec.output.uri, everything, spec.output.storage_options)
     return summary
+
+
+def _frame_bytes(records: Any) -> dict[str, int]:
+    """Bytes of decoded frames the shard tasks sent to actors on their own node and on others."""
+    total = {"same_node": 0, "other_node": 0}
+    for record in records:
+        for where, nbytes in (record.stats.get("frame_bytes") or {}).items():
+            total[where] = total.get(where, 0) + int(nbytes)
+    return total
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False) -> RunOutcome:
     """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job."""
-    from pipeline.readers.sources import expand_shards
+    from pipeline.readers.sources import resolve_shards
     from pipeline.writers.manifest import fingerprint_digest, job_fingerprint, plan_shards, prepare_output
 
     started = time.time()
     spec = resolve_device(spec, address)
     info = probe_tokenizer(spec)
     check_clip_shape(spec, info)
-    urls = expand_shards(spec.input.shards, spec.input.storage_options)
+    shards = resolve_shards(spec.input.shards, spec.input.storage_options)
     fingerprint = job_fingerprint(spec, info.config, info.weights_hash, revision=info.revision)
-    prepare_output(spec, fingerprint, len(urls))
-    todo, done = plan_shards(urls, spec.output.uri, spec.output.storage_options,
+    prepare_output(spec, fingerprint, len(shards))
+    todo, done = plan_shards(shards, spec.output.uri, spec.output.storage_options,
                              fingerprint=fingerprint_digest(fingerprint))
     if not todo:
-        print(f"nothing to do: all {len(urls)} shards in {spec.output.uri} are already done", file=sys.stderr)
-        summary = _summarise(spec, urls, [], started, {"resumed": True, "shards_run": 0})
+        print(f"nothing to do: all {len(shards)} shards in {spec.output.uri} are already done", file=sys.stderr)
+        summary = _summarise(spec, shards, [], started, {"resumed": True, "shards_run": 0})
         return RunOutcome(_exit_code(summary), summary, did_work=False)
     if done:
-        print(f"resuming: {len(done)} of {len(urls)} shards already done, {len(todo)} to go", file=sys.stderr)
+        print(f"resuming: {len(done)} of {len(shards)} shards already done, {len(todo)} to go", file=sys.stderr)
     from jobs import placement as pl
 
     started_ray = pl.connect(address)
     try:
-        result, actor_stats, extra = _dispatch(spec, info, fingerprint, todo, len(urls), len(done), show_progress)
+        result, actor_stats, extra = _dispatch(spec, info, fingerprint, todo, len(shards), len(done), show_progress)
     except Exception as exc:
         # summary.json is written at the end of every run, a crashed one included
-        _summarise(spec, urls, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
+        _summarise(spec, shards, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
         raise
     finally:
         if started_ray:
@@ -288,7 +310,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
             ray.shutdown()
     extra.update({"actors": actor_stats, "retries": result.retries, "speculative_runs": result.speculative,
                   "shards_run": len(result.records), "resumed": bool(done)})
-    summary = _summarise(spec, urls, result.quarantined, started, extra)
+    summary = _summarise(spec, shards, result.quarantined, started, extra)
     return RunOutcome(_exit_code(summary), summary)
 
 

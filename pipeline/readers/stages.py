@@ -62,11 +62,13 @@ class _InProcess:
 
 def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
                isolate: bool = True, limits: LimitSpec | None = None,
-               grid: Grid | None = None) -> Iterator[Clip | DeadLetter]:
+               grid: Grid | None = None, shard: str | None = None) -> Iterator[Clip | DeadLetter]:
     """Stream one shard and yield its clips and dead letters in order (see the module doc).
 
-    `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`."""
-    sid = shard_id(url)
+    `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`.
+    `shard` is the shard's id in clip keys (`InputShard.id`, what a job uses); without it, the
+    id of the bare URL."""
+    sid = shard or shard_id(url)
     limits = limits or LimitSpec()
     seen: set[str] = set()
     with contextlib.ExitStack() as stack:

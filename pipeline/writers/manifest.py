@@ -19,9 +19,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.records import shard_id as make_shard_id
 from pipeline.writers import storage
@@ -45,7 +45,11 @@ from schemas.manifest import (
     ManifestRecord,
 )
 
+if TYPE_CHECKING:
+    from pipeline.readers.sources import InputShard
+
 log = logging.getLogger(__name__)
+S = TypeVar("S", str, "InputShard")
 
 __all__ = [
     "prepare_output", "read_job_file", "read_manifest", "plan_shards", "compact_manifest",
@@ -209,14 +213,15 @@ def compact_manifest(output_uri: str, storage_options: dict[str, Any] | None = N
     return len(records)
 
 
-def plan_shards(urls: list[str], output_uri: str, storage_options: dict[str, Any] | None = None,
+def plan_shards(shards: Sequence[S], output_uri: str, storage_options: dict[str, Any] | None = None,
                 fingerprint: str | None = None,
-                ) -> tuple[list[str], dict[str, ManifestRecord]]:
+                ) -> tuple[list[S], dict[str, ManifestRecord]]:
     """Split input shards into (to do, done). Done = a record whose files are listed at its size.
 
-    Costs three listings (`_manifest/`, `tokens/`, `errors/`) and, with an index, one GET —
-    never a request per shard. With `fingerprint` (a digest), records made under another
-    fingerprint count as not done.
+    `shards`: InputShards (a job's: their id is the identity, wherever they are read from now)
+    or bare URLs (id of the URL; the record must name the same URL). Costs three listings
+    (`_manifest/`, `tokens/`, `errors/`) and, with an index, one GET — never a request per
+    shard. With `fingerprint` (a digest), records made under another fingerprint count as not done.
     """
     fs, root = storage.get_fs(output_uri, storage_options)
     # the three listings are independent: run them side by side (each is paginated on S3)
@@ -226,18 +231,18 @@ def plan_shards(urls: list[str], output_uri: str, storage_options: dict[str, Any
         records, _ = loading.result()
         present = {f"{sub}/{name}": size for sub, job in listings.items() for name, size in job.result().items()}
     todo, done = [], {}
-    for url in urls:
-        sid = make_shard_id(url)
+    for shard in shards:
+        url, sid = (shard, make_shard_id(shard)) if isinstance(shard, str) else (None, shard.id)
         rec = records.get(sid)
         if rec is not None and _verified(rec, url, present, fingerprint):
             done[sid] = rec
         else:
-            todo.append(url)
+            todo.append(shard)
     return todo, done
 
 
-def _verified(rec: ManifestRecord, url: str, present: dict[str, int], fingerprint: str | None) -> bool:
-    if rec.source_url != url:
+def _verified(rec: ManifestRecord, url: str | None, present: dict[str, int], fingerprint: str | None) -> bool:
+    if url is not None and rec.source_url != url:
         return False
     if fingerprint is not None and rec.fingerprint != fingerprint:
         return False
