@@ -61,12 +61,12 @@ def build(fs: Any, root: str, n: int, batch: int = 2000) -> list[str]:
         for out in rec.outputs.values():
             objects[storage.join(root, out.path)] = b"x" * out.size
         if len(objects) >= batch or i == n - 1:
-            _write(fs, objects)
+            write_objects(fs, objects)
             objects = {}
     return urls
 
 
-def _write(fs: Any, objects: dict[str, bytes]) -> None:
+def write_objects(fs: Any, objects: dict[str, bytes]) -> None:
     if storage.is_local(fs):
         for path, data in objects.items():
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -40,12 +40,19 @@ STOP_GRACE_S = 30.0
 # how long cancelled attempts get to remove their files before the run goes on without them
 CANCEL_WAIT_S = 15.0
 
-Launch = Callable[[str, int], Any]  # (url, launch number) -> ObjectRef of a ManifestRecord
+# a shard is an InputShard (a job's) or a bare URL (tests); (shard, launch number) -> ObjectRef
+# of a ManifestRecord
+Launch = Callable[[Any, int], Any]
+
+
+def _names(shard: Any) -> tuple[str, str]:
+    """(shard id, source url) of an InputShard or a bare URL."""
+    return (shard_id(shard), shard) if isinstance(shard, str) else (shard.id, shard.url)
 
 
 @dataclass
 class _Running:
-    url: str
+    url: Any  # the shard: an InputShard or a bare URL
     launch: int
     started: float
     speculative: bool = False
@@ -53,7 +60,7 @@ class _Running:
 
 @dataclass
 class DispatchResult:
-    records: dict[str, Any] = field(default_factory=dict)  # url -> ManifestRecord
+    records: dict[Any, Any] = field(default_factory=dict)  # shard -> ManifestRecord
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     retries: int = 0
     speculative: int = 0
@@ -94,20 +101,20 @@ class ShardDispatcher:
         self.on_tick = on_tick
         self.result = DispatchResult()
         self.running: dict[Any, _Running] = {}
-        self.queue: deque[str] = deque()
-        self.delayed: list[tuple[float, str]] = []  # (monotonic time it may start, url)
-        self.failures: dict[str, list[str]] = {}
-        self.launches: dict[str, int] = {}
+        self.queue: deque[Any] = deque()
+        self.delayed: list[tuple[float, Any]] = []  # (monotonic time it may start, shard)
+        self.failures: dict[Any, list[str]] = {}
+        self.launches: dict[Any, int] = {}
         self.durations: list[float] = []
         self.cancelled: list[Any] = []  # losers told to stop; waited for before run() returns
         # url -> signatures of the faults its attempts met; the launch passes them to the next
         # attempt (see pipeline.faults: the same fault twice is the input's own)
-        self.faults_seen: dict[str, set[str]] = {}
+        self.faults_seen: dict[Any, set[str]] = {}
 
-    def known_faults(self, url: str) -> frozenset[str]:
+    def known_faults(self, url: Any) -> frozenset[str]:
         return frozenset(self.faults_seen.get(url, ()))
 
-    def run(self, urls: list[str]) -> DispatchResult:
+    def run(self, urls: list[Any]) -> DispatchResult:
         import ray
 
         self.queue.extend(urls)
@@ -120,7 +127,12 @@ class ShardDispatcher:
             if not self.running:
                 time.sleep(0.1)  # only delayed retries left: wait for the first to come due
                 continue
-            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
+            refs = list(self.running)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+            if ready and len(refs) > 1:
+                # every shard that is done, not only the first: one wait per finished shard
+                # would cap hand-outs at a few hundred per second with thousands in flight
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 self._collect(ref)
             if self.on_tick is not None:
@@ -150,7 +162,7 @@ class ShardDispatcher:
         for ref in list(self.running):
             del self.running[ref]
             self._cancel(ref)
-        self.result.interrupted = sorted(u for u in left if u not in self.result.records)
+        self.result.interrupted = sorted(_names(u)[1] for u in left if u not in self.result.records)
 
     def _cancel(self, ref: Any) -> None:
         import ray
@@ -177,7 +189,7 @@ class ShardDispatcher:
         self.delayed = [(at, url) for at, url in self.delayed if at > now]
         self.queue.extendleft(reversed(ready))  # retries go first: they hold up the job's end
 
-    def _start(self, url: str, speculative: bool = False) -> None:
+    def _start(self, url: Any, speculative: bool = False) -> None:
         self.launches[url] = self.launches.get(url, 0) + 1
         ref = self.launch(url, self.launches[url])
         self.running[ref] = _Running(url, self.launches[url], time.monotonic(), speculative)
@@ -188,16 +200,16 @@ class ShardDispatcher:
         if not self.queue and not self.delayed and len(self.running) < self.max_in_flight:
             straggler = self._straggler()
             if straggler is not None:
-                log.info("shard %s is straggling; running a second copy", shard_id(straggler))
+                log.info("shard %s is straggling; running a second copy", _names(straggler)[0])
                 self.result.speculative += 1
                 self._start(straggler, speculative=True)
 
-    def _straggler(self) -> str | None:
+    def _straggler(self) -> Any:
         if not self.durations:
             return None
         limit = max(self.straggler_min_s, STRAGGLER_FACTOR * statistics.median(self.durations))
         now = time.monotonic()
-        copies: dict[str, int] = {}
+        copies: dict[Any, int] = {}
         for run in self.running.values():
             copies[run.url] = copies.get(run.url, 0) + 1
         old = [r for r in self.running.values() if copies[r.url] == 1 and now - r.started > limit]
@@ -217,6 +229,8 @@ class ShardDispatcher:
             return  # the other copy of a re-run straggler already won
         self.result.records[run.url] = record
         self.durations.append(time.monotonic() - run.started)
+        if self.launches[run.url] == 1:
+            return  # launched once: no other copy to cancel (a scan per shard is O(in flight))
         for other_ref, other in list(self.running.items()):
             if other.url == run.url:
                 # not waited for: a loser that still commits finds the winner's record and
@@ -229,23 +243,25 @@ class ShardDispatcher:
         where = faults.signature(cause)
         if where:
             self.faults_seen.setdefault(run.url, set()).add(where)
-        if run.url in self.result.records or any(r.url == run.url for r in self.running.values()):
+        if run.url in self.result.records or (
+                self.launches[run.url] > 1 and any(r.url == run.url for r in self.running.values())):
             return  # another copy of this shard succeeded or is still running
         kind = faults.classify(cause)
         reason = describe_failure(exc)
+        sid, url = _names(run.url)
         history = self.failures.setdefault(run.url, [])
         history.append(f"{kind}: {reason}")
         if len(history) < self.max_attempts:
             log.warning("shard %s failed (attempt %d/%d, %s): %s; retrying",
-                        shard_id(run.url), len(history), self.max_attempts, kind, reason)
+                        sid, len(history), self.max_attempts, kind, reason)
             self.result.retries += 1
             wait = faults.retry_delay(cause, len(history), self.retry_backoff_s, RETRY_BACKOFF_MAX_S)
             self.delayed.append((time.monotonic() + wait, run.url))
             return
-        log.error("shard %s failed after %d attempts: %s", shard_id(run.url), len(history), reason)
+        log.error("shard %s failed after %d attempts: %s", sid, len(history), reason)
         self.result.quarantined.append({
-            "shard_id": shard_id(run.url),
-            "source_url": run.url,
+            "shard_id": sid,
+            "source_url": url,
             "attempts": len(history),
             "reason": reason,
             "class": kind,

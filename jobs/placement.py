@@ -1,13 +1,13 @@
-"""Where things run: connecting to Ray, sizing the actor pool and the shard tasks, starting actors.
+"""Where things run: connecting to Ray and sizing the actor pool and the shard tasks at start.
 
 - Tokenizer actors: `resources.num_actors` (auto = one per GPU in the cluster, or 1 on a
-  CPU-only cluster), each with `gpus_per_actor` GPUs (auto = 1 where GPUs exist, else 0) and a
-  fractional CPU, so shard tasks are never starved of CPU by actors that mostly wait on a GPU.
-- Shard tasks: `resources.decode_workers` in flight (auto = the cluster's CPUs not reserved by
-  actors, rounded up); each reserves the `clips.decoder_threads` CPUs its decoder uses (1 by
-  default), so Ray packs no more decoders on a node than it has cores (with Ray 2.60, a Ray
-  Data actor pool whose actors hold every CPU hangs forever waiting for its read task's CPU;
-  fractional actor CPUs avoid it).
+  CPU-only cluster; jobs.pool grows it as GPU nodes join), each with `gpus_per_actor` GPUs
+  (auto = 1 where GPUs exist, else 0) and a fractional CPU (`cpus_per_actor`): an actor that
+  mostly waits on its GPU leaves the node's CPUs to the decoders.
+- Shard tasks: each reserves the `clips.decoder_threads` CPUs its decoder uses (1 by default),
+  so Ray packs no more decoders on a node than it has cores; `resources.decode_workers` in
+  flight, auto = the shard tasks that fit in the CPUs the actors leave (per node, as the
+  cluster changes: jobs.pool).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
-from jobs.actors import ActorSettings, actor_device, tokenizer_actor_class
-from jobs.dispatch import describe_failure
+from jobs.actors import ActorSettings, actor_device
 from schemas.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -95,14 +93,22 @@ def plan_placement(spec: JobSpec) -> Placement:
     if gpus_per_actor > 0 and num_actors * gpus_per_actor > gpus:
         log.warning("%d actors x %.2f GPUs exceed the cluster's %.0f GPUs: some actors wait for GPUs "
                     "(an autoscaler may add them)", num_actors, gpus_per_actor, gpus)
-    spare = max(1.0, cpus - num_actors * r.cpus_per_actor)
-    decode = math.ceil(spare) if r.decode_workers == "auto" else int(r.decode_workers)
+    spare = {"cluster": cpus - num_actors * r.cpus_per_actor}
+    decode = decode_slots(spare, {}, spec.clips.decoder_threads) if r.decode_workers == "auto" else int(r.decode_workers)
     # CPU actors: torch intra-op threads follow the actor's CPU reservation (as Ray's own
     # OMP_NUM_THREADS does). More threads than reserved cores collapses under contention: on a
     # loaded 2-core machine 2 threads ran 7-14x slower than 1 (docs/execution.md); scale with
     # more actors or a larger resources.cpus_per_actor instead
     threads = max(1, int(r.cpus_per_actor)) if gpus_per_actor == 0 else 1
     return Placement(num_actors, gpus_per_actor, r.cpus_per_actor, max(1, decode), threads, cpus, gpus)
+
+
+def decode_slots(node_cpus: dict[str, float], actor_cpus: dict[str, float], cpus_per_task: float) -> int:
+    """Shard tasks that fit beside the actors: per node, (CPUs - actors' CPUs) / CPUs per task."""
+    if cpus_per_task <= 0:
+        return max(1, math.ceil(sum(node_cpus.values())))
+    return sum(max(0, math.floor((cpus - actor_cpus.get(node, 0.0)) / cpus_per_task + 1e-9))
+               for node, cpus in node_cpus.items())
 
 
 def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
@@ -129,42 +135,5 @@ def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
     )
 
 
-def start_actors(settings: ActorSettings, count: int, job_tag: str) -> list[Any]:
-    """Start `count` named tokenizer actors (names let operators and tests find them)."""
-    cls = tokenizer_actor_class(settings)
-    return [cls.options(name=f"tokenizer-{job_tag}-{i}", namespace=NAMESPACE).remote(settings) for i in range(count)]
-
-
 class ActorStartError(RuntimeError):
     """No tokenizer actor could be started (model failed to load, or no resources in time)."""
-
-
-def wait_for_actors(actors: list[Any], first_timeout: float = 1800.0,
-                    others_timeout: float = 10.0) -> list[dict[str, Any] | None]:
-    """Wait until the first actor has loaded its model; returns each actor's stats (None: not up yet).
-
-    Actors still waiting for resources (an autoscaler adding GPU nodes) do not hold the job up:
-    batches sent to them queue until they start; their stats (node, batch size) are unknown
-    meanwhile. An actor that cannot use its device stops the job with its one-line reason.
-    """
-    import ray
-    from ray.exceptions import RayActorError
-
-    refs = [a.stats.remote() for a in actors]
-    ready, _ = ray.wait(refs, num_returns=1, timeout=first_timeout)
-    if not ready:
-        raise ActorStartError(f"no tokenizer actor started within {first_timeout:.0f} s: the cluster lacks "
-                              "the CPUs/GPUs they ask for (see resources.* in the spec)")
-    ray.wait(refs, num_returns=len(refs), timeout=others_timeout)
-    stats: list[dict[str, Any] | None] = []
-    for ref in refs:
-        try:
-            st = ray.get(ref, timeout=0)
-        except RayActorError as exc:
-            raise ActorStartError(f"tokenizer actor failed to start: {describe_failure(exc)}") from exc
-        except ray.exceptions.GetTimeoutError:
-            st = None
-        if st is not None and st.get("start_error"):
-            raise ActorStartError(f"tokenizer actor failed to start: {st['start_error']}")
-        stats.append(st)
-    return stats

@@ -86,9 +86,12 @@ class Progress:
             self.metrics = None
 
     def _poll_actors(self) -> None:
-        """Take the answers that are in, ask again those actors; a restarting actor keeps its last."""
+        """Take the answers that are in, ask again those actors; a restarting actor keeps its last.
+        `actors` may grow while the job runs (the pool follows the cluster)."""
         import ray
 
+        self.actor_stats.extend({} for _ in range(len(self.actors) - len(self.actor_stats)))
+        self._poll_refs.extend(a.stats.remote() for a in self.actors[len(self._poll_refs):])
         if not self._poll_refs:
             self._poll_refs = [a.stats.remote() for a in self.actors]
             return
@@ -150,9 +153,13 @@ class Progress:
         """Last counters of every actor (blocking briefly), for the summary."""
         import ray
 
-        for i, actor in enumerate(self.actors):
+        self.actor_stats.extend({} for _ in range(len(self.actors) - len(self.actor_stats)))
+        refs = [actor.stats.remote() for actor in self.actors]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=10)  # together: a lost actor costs 10 s once
+        for i, ref in enumerate(refs):
             try:
-                self.actor_stats[i] = ray.get(actor.stats.remote(), timeout=10)
+                self.actor_stats[i] = ray.get(ref, timeout=0)
             except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
                 log.debug("actor %d gave no final stats: %s", i, exc)
         return [dict(s, actor=i) for i, s in enumerate(self.actor_stats)]

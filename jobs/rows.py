@@ -122,7 +122,7 @@ class StreamTable:
 class _Row:
     first: Any  # the Clip record of part 0 (row fields)
     session: str
-    actor: int
+    actor: str  # name of the actor in the router's roster
     score: bool
     refs: list[Any] = field(default_factory=list)  # ObjectRef per chunk: uint8 [1, T, H, W, 3]
     finals: list[bool] = field(default_factory=list)

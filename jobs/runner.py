@@ -191,80 +191,102 @@ def _shard_job(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], 
     )
 
 
-def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[str],
+def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], todo: list[Any],
               shards_total: int, shards_done: int, show_progress: bool, stop: StopRequest,
               ) -> tuple[Any, list[dict], dict]:
-    """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement)."""
+    """Start actors, run every todo shard through the dispatcher; returns (result, actor stats, placement).
+
+    Each dispatcher tick also lets the actor pool follow the cluster (jobs.pool): new actors on
+    GPU nodes that joined, a roster without actors whose node left, decode slots re-counted."""
     import ray
 
     from jobs import placement as pl
     from jobs.dispatch import ShardDispatcher
+    from jobs.pool import ActorPool, ShardLauncher
     from jobs.progress import Progress
     from jobs.shard_task import run_shard
 
     place = pl.plan_placement(spec)
     settings = replace(pl.actor_settings(spec, place), name=info.load_name, checkpoint=info.load_checkpoint)
-    actors = pl.start_actors(settings, place.num_actors, f"{spec.name}-{uuid.uuid4().hex[:6]}")
+    pool = ActorPool(settings, spec.resources, place, f"{spec.name}-{uuid.uuid4().hex[:6]}",
+                     cpus_per_task=spec.clips.decoder_threads)
+    progress = None
     try:
-        started = pl.wait_for_actors(actors)
-    except pl.ActorStartError:
-        for actor in actors:
-            ray.kill(actor)
-        raise
-    nodes = [st["node_id"] if st else None for st in started]
-    batch_size = _batch_size(spec, started)
-    job = _shard_job(spec, info, fingerprint, batch_size)
-    # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
-    task = ray.remote(run_shard).options(num_cpus=spec.clips.decoder_threads, max_retries=0)
-    progress = Progress(spec.name, shards_total, shards_done, actors, show_progress)
-    dispatcher = ShardDispatcher(
+        pool.start()
+        batch_size = _batch_size(spec, [m.stats for m in pool.members if m.answered])
+        # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
+        launcher = ShardLauncher(ray.remote(run_shard), {"num_cpus": spec.clips.decoder_threads, "max_retries": 0},
+                                 _shard_job(spec, info, fingerprint, batch_size), pool)
+        progress = Progress(spec.name, shards_total, shards_done, pool.handles, show_progress)
+        cap = max(1, len(todo))
+
+        def tick(result: Any, running: int) -> None:
+            if pool.refresh():
+                launcher.recount()
+                dispatcher.max_in_flight = min(pool.decode_slots, cap)
+            progress.tick(result, running)
+
+        dispatcher = ShardDispatcher(launcher, max_in_flight=min(pool.decode_slots, cap),
+                                     max_attempts=spec.retries.max_attempts, on_tick=tick,
+                                     stop=stop, stop_grace_s=spec.retries.stop_grace_s)
+        launcher.running = dispatcher.running
         # each attempt learns the faults earlier attempts met (the same one twice is the input's)
-        lambda url, launch: task.remote(job, url, launch, actors, nodes, dispatcher.known_faults(url)),
-        max_in_flight=min(place.decode_workers, max(1, len(todo))),
-        max_attempts=spec.retries.max_attempts,
-        on_tick=progress.tick,
-        stop=stop,
-        stop_grace_s=spec.retries.stop_grace_s,
-    )
-    ready = time.time()
-    try:
+        launcher.known_faults = dispatcher.known_faults
+        ready = time.time()
         result = dispatcher.run(todo)
         dispatch_seconds = time.time() - ready
         progress.finish(result)
         actor_stats = [dict(st, actor=i) for i, st in enumerate(progress.actor_stats)]
     finally:
-        progress.close()
-        for actor in actors:
-            ray.kill(actor)
-    return result, actor_stats, {"placement": place.__dict__, "dispatch_seconds": dispatch_seconds,
-                                 "batch_size": batch_size}
+        if progress is not None:
+            progress.close()
+        pool.close()
+    extra = {"placement": {**place.__dict__, "actors_started": len(pool.members),
+                           "decode_workers_final": pool.decode_slots},
+             "dispatch_seconds": dispatch_seconds, "batch_size": batch_size}
+    return result, actor_stats, extra
 
 
-def _summarise(spec: JobSpec, location: Any, urls: list[str], quarantined: list[dict[str, Any]],
+def _summarise(spec: JobSpec, location: Any, shards: list[Any], quarantined: list[dict[str, Any]],
                started: float, extra: dict[str, Any], status: str = "finished") -> dict[str, Any]:
     """summary.json from the manifest (the truth), not from driver memory."""
-    from pipeline.records import shard_id
     from pipeline.writers.dataset_card import write_card
+    from pipeline.writers.file_index import write_file_index
     from pipeline.writers.manifest import compact_manifest, read_manifest
     from pipeline.writers.summary import build_summary, write_summary
 
-    wanted = {shard_id(u) for u in urls}
-    records = {k: r for k, r in read_manifest(location).items() if k in wanted}
+    wanted = {s.id for s in shards}
+    everything = read_manifest(location)
+    records = {k: r for k, r in everything.items() if k in wanted}
     timings = {"wall_seconds": time.time() - started}
-    summary = build_summary(records, quarantined, timings, shards_total=len(urls), started_at=started,
+    summary = build_summary(records, quarantined, timings, shards_total=len(shards), started_at=started,
                             status=status)
     summary.update(extra)
+    summary["frame_bytes"] = _frame_bytes(records.values())
     write_summary(location, summary)
     compact_manifest(location, known=records)
     write_card(location.uri, location.storage_options, spec.name, spec.output.format, summary)
+    if status == "finished":
+        # every attempt has stopped and clean-up left only recorded files: loaders may plan from
+        # the file index alone until the next run rewrites job.json
+        write_file_index(location.uri, everything, location.storage_options)
     return summary
+
+
+def _frame_bytes(records: Any) -> dict[str, int]:
+    """Bytes of decoded frames the shard tasks sent to actors on their own node and on others."""
+    total = {"same_node": 0, "other_node": 0}
+    for record in records:
+        for where, nbytes in (record.stats.get("frame_bytes") or {}).items():
+            total[where] = total.get(where, 0) + int(nbytes)
+    return total
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = False,
             stop: StopRequest | None = None) -> RunOutcome:
     """Run `spec` to completion; raises SpecError (before writing anything) for an invalid job
     and LeaseHeld (nothing written) when another live driver writes to the output."""
-    from pipeline.readers.sources import expand_shards
+    from pipeline.readers.sources import resolve_shards
     from pipeline.writers.lease import OutputLease
     from pipeline.writers.location import OutputLocation
     from pipeline.writers.manifest import check_fingerprint, job_fingerprint
@@ -276,7 +298,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
         spec = resolve_device(spec, address)
         info = probe_tokenizer(spec)
         check_clip_shape(spec, info)
-        urls = expand_shards(spec.input.shards, spec.input.storage_options)
+        shards = resolve_shards(spec.input.shards, spec.input.storage_options)
         fingerprint = job_fingerprint(spec, info.config, info.weights_hash, revision=info.revision)
         location = OutputLocation.of(spec.output.uri, spec.output.storage_options)
         check_fingerprint(location, fingerprint, spec)  # a refused resume writes nothing, not even a lease
@@ -284,7 +306,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
         lease.acquire()
         lease.start_heartbeat()
         try:
-            return _run_leased(spec, address, show_progress, stop, lease, info, fingerprint, urls, started)
+            return _run_leased(spec, address, show_progress, stop, lease, info, fingerprint, shards, started)
         finally:
             lease.release()
     finally:
@@ -292,7 +314,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Fal
 
 
 def _run_leased(spec: JobSpec, address: str | None, show_progress: bool, stop: StopRequest, lease: Any,
-                info: TokenizerInfo, fingerprint: dict[str, Any], urls: list[str], started: float) -> RunOutcome:
+                info: TokenizerInfo, fingerprint: dict[str, Any], shards: list[Any], started: float) -> RunOutcome:
     from pipeline.writers.manifest import (
         clean_output,
         fingerprint_digest,
@@ -307,27 +329,27 @@ def _run_leased(spec: JobSpec, address: str | None, show_progress: bool, stop: S
         stop.hurry.set()
 
     lease.on_lost = lost
-    prepare_output(spec, fingerprint, len(urls), location)
-    plan = plan_output(urls, location, fingerprint=fingerprint_digest(fingerprint))
+    prepare_output(spec, fingerprint, len(shards), location)
+    plan = plan_output(shards, location, fingerprint=fingerprint_digest(fingerprint))
     supersede(location, plan.stale)
     if not plan.todo:
-        print(f"nothing to do: all {len(urls)} shards in {spec.output.uri} are already done", file=sys.stderr)
-        summary = _summarise(spec, location, urls, [], started, {"resumed": True, "shards_run": 0})
+        print(f"nothing to do: all {len(shards)} shards in {spec.output.uri} are already done", file=sys.stderr)
+        summary = _summarise(spec, location, shards, [], started, {"resumed": True, "shards_run": 0})
         return RunOutcome(_exit_code(summary), summary, did_work=False)
     if plan.done:
-        print(f"resuming: {len(plan.done)} of {len(urls)} shards already done, {len(plan.todo)} to go",
+        print(f"resuming: {len(plan.done)} of {len(shards)} shards already done, {len(plan.todo)} to go",
               file=sys.stderr)
     if stop.requested:
-        return _stopped(spec, location, urls, started, stop, lease, {})
+        return _stopped(spec, location, shards, started, stop, lease, {})
     started_ray = False
     try:
         started_ray = _connect(address, stop)
         lease.renew(ray_job_id=_ray_job_id())
-        result, actor_stats, extra = _dispatch(spec, info, fingerprint, plan.todo, len(urls), len(plan.done),
+        result, actor_stats, extra = _dispatch(spec, info, fingerprint, plan.todo, len(shards), len(plan.done),
                                                show_progress, stop)
     except Exception as exc:
         # summary.json is written at the end of every run, a crashed one included
-        _summarise(spec, location, urls, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
+        _summarise(spec, location, shards, [], started, {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
         raise
     finally:
         if started_ray:
@@ -335,9 +357,9 @@ def _run_leased(spec: JobSpec, address: str | None, show_progress: bool, stop: S
     extra.update({"actors": actor_stats, "retries": result.retries, "speculative_runs": result.speculative,
                   "shards_run": len(result.records), "resumed": bool(plan.done)})
     if stop.requested:
-        return _stopped(spec, location, urls, started, stop, lease, extra, result.quarantined)
+        return _stopped(spec, location, shards, started, stop, lease, extra, result.quarantined)
     clean_output(location)  # every attempt has stopped: only recorded files stay
-    summary = _summarise(spec, location, urls, result.quarantined, started, extra)
+    summary = _summarise(spec, location, shards, result.quarantined, started, extra)
     return RunOutcome(_exit_code(summary), summary)
 
 
@@ -369,7 +391,7 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
-def _stopped(spec: JobSpec, location: Any, urls: list[str], started: float, stop: StopRequest, lease: Any,
+def _stopped(spec: JobSpec, location: Any, shards: list[Any], started: float, stop: StopRequest, lease: Any,
              extra: dict[str, Any], quarantined: list[dict[str, Any]] | None = None) -> RunOutcome:
     """The end of a run stopped by a signal (or by losing its lease to another driver)."""
     from pipeline.writers.lease import read_lease
@@ -383,8 +405,8 @@ def _stopped(spec: JobSpec, location: Any, urls: list[str], started: float, stop
                    "or its lease was removed); that run continues the job")
         return RunOutcome(1, {}, message=message)
     clean_output(location)
-    summary = _summarise(spec, location, urls, quarantined or [], started, extra, status="interrupted")
-    message = (f"interrupted: {summary.get('shards_done', 0)} of {len(urls)} shards done; "
+    summary = _summarise(spec, location, shards, quarantined or [], started, extra, status="interrupted")
+    message = (f"interrupted: {summary.get('shards_done', 0)} of {len(shards)} shards done; "
                "run the same command to resume")
     return RunOutcome(stop.exit_code, summary, message=message)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from pipeline.records import Clip, DeadLetter, ShardStats, shard_id
+from pipeline.readers.sources import InputShard
+from pipeline.records import Clip, DeadLetter, ShardStats
 from schemas.jobspec import ClipSpec, LimitSpec
 
 log = logging.getLogger(__name__)
@@ -74,35 +75,71 @@ class TokenizerUnavailable(RuntimeError):
 class _Batch:
     clips: list[Any]  # ClipInfo: row fields only; the frames live in the object store alone
     frames_ref: Any  # ObjectRef of uint8 [B, T, H, W, 3], put once so resends do not copy again
-    actor: int
+    nbytes: int  # of the frames, counted again for each send to another node
+    actor: str  # name in the roster
     result_ref: Any
     sends: int = 1
     scored: list[bool] | None = None  # clips whose quality the actor measures (encode_scored)
 
 
 class ActorRouter:
-    """Picks tokenizer actors for batches: same-node actors first, round robin, skipping suspects."""
+    """Picks tokenizer actors for batches: same-node actors first, round robin, skipping suspects.
 
-    def __init__(self, actors: list[Any], actor_nodes: list[str | None]):
+    Starts from the roster the shard was handed (jobs.pool.Roster) and asks the job's roster
+    registry for a newer one every `roster.refresh_s` without waiting for the answer, so actors
+    that start mid-shard take batches and actors that left are no longer picked. Actors are
+    named by their roster name (`actors[name]` is the handle). Counts the bytes of frames sent
+    in batches to actors on this node and on other nodes (`frame_bytes`).
+    """
+
+    def __init__(self, roster: Any, registry: Any = None):
         import ray
 
-        if not actors:
+        if not roster.members:
             raise ValueError("no tokenizer actors to send batches to")
-        self.actors = actors
-        node = ray.get_runtime_context().get_node_id()
-        local = [i for i, n in enumerate(actor_nodes) if n == node]
-        others = [i for i in range(len(actors)) if i not in local]
-        self.order = local + others
-        self.local = set(local)
-        self.suspect_until = [0.0] * len(actors)
-        self.failures = [0] * len(actors)
+        self.node = ray.get_runtime_context().get_node_id()
+        self.registry = registry
+        self.actors: dict[str, Any] = {}  # every actor this shard has seen (sent work keeps its own)
+        self.nodes: dict[str, str] = {}
+        self.suspect_until: dict[str, float] = {}
+        self.failures: dict[str, int] = {}
+        self.frame_bytes: Counter[str] = Counter()
         self.next = 0
-        self.used: set[int] = set()  # actors that answered a batch
+        self.used: set[str] = set()  # actors that answered a batch
+        self._asked, self._answer = time.monotonic(), None
+        self._adopt(roster)
 
-    def pick(self) -> int:
+    def _adopt(self, roster: Any) -> None:
+        self.version, self.refresh_s = roster.version, roster.refresh_s
+        for name, handle, node in roster.members:
+            self.actors[name], self.nodes[name] = handle, node
+        names = [name for name, _, _ in roster.members]
+        local = [n for n in names if self.nodes[n] == self.node]
+        self.order = local + [n for n in names if n not in local]
+        self.local = set(local)
+
+    def _refresh(self) -> None:
+        import ray
+
+        if self.registry is None:
+            return
+        if self._answer is not None:
+            if ray.wait([self._answer], timeout=0)[0]:
+                try:
+                    newer = ray.get(self._answer)
+                except Exception:  # noqa: BLE001 - registry gone (job ending): keep the roster
+                    newer, self.registry = None, None
+                self._answer = None
+                if newer is not None and newer.members:
+                    self._adopt(newer)
+        elif time.monotonic() - self._asked >= self.refresh_s:
+            self._asked, self._answer = time.monotonic(), self.registry.newer.remote(self.version)
+
+    def pick(self) -> str:
+        self._refresh()
         now = time.monotonic()
-        healthy = [i for i in self.order if self.suspect_until[i] <= now] or self.order
-        preferred = [i for i in healthy if i in self.local] or healthy
+        healthy = [n for n in self.order if self.suspect_until.get(n, 0.0) <= now] or self.order
+        preferred = [n for n in healthy if n in self.local] or healthy
         choice = preferred[self.next % len(preferred)]
         self.next += 1
         return choice
@@ -112,28 +149,30 @@ class ActorRouter:
 
         from pipeline.writers.commit import ClipInfo
 
-        frames_ref = ray.put(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
+        frames = np.stack([c.frames for c in clips])  # [B, T, H, W, 3] uint8
         infos = [ClipInfo.from_clip(c) for c in clips]  # the caller drops the decoded frames now
-        batch = _Batch(infos, frames_ref, self.pick(), None, scored=scored if scored and any(scored) else None)
+        batch = _Batch(infos, ray.put(frames), int(frames.nbytes), self.pick(), None,
+                       scored=scored if scored and any(scored) else None)
         batch.result_ref = self._call(batch)
         return batch
 
     def _call(self, batch: _Batch) -> Any:
+        self.frame_bytes["same_node" if self.nodes[batch.actor] == self.node else "other_node"] += batch.nbytes
         actor = self.actors[batch.actor]
         if batch.scored is None:
             return actor.encode.remote(batch.frames_ref)
         return actor.encode_scored.remote(batch.frames_ref, batch.scored)
 
-    def pick_after_loss(self) -> int:
+    def pick_after_loss(self) -> str:
         """An actor for a resend; when every actor is suspect (a lone actor restarting), wait out the
         picked one's window first, rather than spend the resends on an actor that is still coming back."""
         actor = self.pick()
-        delay = self.suspect_until[actor] - time.monotonic()
+        delay = self.suspect_until.get(actor, 0.0) - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         return actor
 
-    def get(self, ref: Any, actor: int) -> Any:
+    def get(self, ref: Any, actor: str) -> Any:
         """ray.get of a call to `actor`, bounded by BATCH_TIMEOUT_S (past it: TokenizerUnavailable)."""
         import ray
         from ray.exceptions import GetTimeoutError
@@ -145,10 +184,10 @@ class ActorRouter:
         self.used.add(actor)
         return answer
 
-    def lost(self, actor: int, sends: int, what: str, exc: BaseException) -> None:
+    def lost(self, actor: str, sends: int, what: str, exc: BaseException) -> None:
         """`actor` failed a call carrying `what`, sent `sends` times: skip the actor for a while (longer
         with each further failure); TokenizerUnavailable once `what` was sent too often."""
-        self.failures[actor] += 1
+        self.failures[actor] = self.failures.get(actor, 0) + 1
         backoff = min(SUSPECT_MAX_S, SUSPECT_S * 2 ** (self.failures[actor] - 1))
         self.suspect_until[actor] = time.monotonic() + backoff
         if sends > MAX_RESENDS:
@@ -163,7 +202,7 @@ class ActorRouter:
                 return self.get(batch.result_ref, batch.actor)
             except RayActorError as exc:
                 self.lost(batch.actor, batch.sends, "batch", exc)
-                log.warning("tokenizer actor %d failed (%s); resending batch", batch.actor, type(exc).__name__)
+                log.warning("tokenizer actor %s failed (%s); resending batch", batch.actor, type(exc).__name__)
                 batch.actor = self.pick_after_loss()
                 batch.sends += 1
                 batch.result_ref = self._call(batch)
@@ -196,7 +235,7 @@ def _with_quality(clip: Any, scores: dict[str, float] | None, stats: ShardStats)
     return replace(clip, psnr=scores["psnr"], ssim=scores["ssim"])
 
 
-def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router: ActorRouter,
+def stream_shard(job: ShardJob, shard: InputShard, stats: ShardStats, writer: Any, router: ActorRouter,
                  known_faults: frozenset[str] = frozenset()) -> None:
     """Feed one shard's clips through the actors into `writer`, in clip order. Damage to the
     shard's stream raises (transient) unless an earlier attempt met it at the same place."""
@@ -213,8 +252,8 @@ def stream_shard(job: ShardJob, url: str, stats: ShardStats, writer: Any, router
         while len(pending) > job.max_batches_in_flight:
             _finish(pending.popleft(), router, writer, job, stats)
 
-    for item in iter_shard(url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder,
-                           limits=job.limits, grid=job.grid, confirmed_damage=known_faults):
+    for item in iter_shard(shard.url, job.clips, job.input_storage_options, stats, isolate=job.isolate_decoder,
+                           limits=job.limits, grid=job.grid, confirmed_damage=known_faults, shard=shard.id):
         if isinstance(item, DeadLetter):
             writer.add_error(item)
             continue
@@ -240,23 +279,25 @@ def _made_by(router: ActorRouter) -> dict[str, str]:
 
     used = sorted(router.used)
     try:
-        stats = ray.get([router.actors[i].stats.remote() for i in used], timeout=30)
+        stats = ray.get([router.actors[name].stats.remote() for name in used], timeout=30)
     except Exception:  # noqa: BLE001 - informational: an actor may be restarting
         return {"device": "unknown", "dtype": "unknown"}
     return {key: ",".join(sorted({str(st.get(key, "unknown")) for st in stats})) or "none"
             for key in ("device", "dtype")}
 
 
-def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_nodes: list[str | None],
+def run_shard(job: ShardJob, shard: InputShard, attempt: int, roster: Any, registry: Any = None,
               known_faults: frozenset[str] = frozenset()) -> Any:
-    """Process one shard from scratch and commit it; returns the manifest record."""
+    """Process one shard from scratch and commit it; returns the manifest record.
+
+    `roster` (jobs.pool.Roster) holds the actors to use; `registry` hands out newer rosters."""
     from pipeline.writers.commit import ShardWriter
 
     stats = ShardStats()
     writer = ShardWriter(
         job.output_uri,
-        shard_id(url),
-        url,
+        shard.id,
+        shard.url,
         fmt=job.fmt,
         file_metadata=job.file_metadata,
         storage_options=job.output_storage_options,
@@ -264,8 +305,9 @@ def run_shard(job: ShardJob, url: str, attempt: int, actors: list[Any], actor_no
         optional_columns=job.optional_columns,
     )
     try:
-        router = ActorRouter(actors, actor_nodes)
-        stream_shard(job, url, stats, writer, router, known_faults)
+        router = ActorRouter(roster, registry)
+        stream_shard(job, shard, stats, writer, router, known_faults)
+        stats.frame_bytes.update(router.frame_bytes)
         writer.extra.update(_made_by(router))
         return writer.commit(stats)
     except BaseException:

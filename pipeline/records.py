@@ -21,19 +21,22 @@ from typing import Any
 import numpy as np
 
 
-def shard_id(url: str) -> str:
-    """Stable id of an input shard: readable stem plus a hash of the full URL.
+def shard_id(name: str, size: int | None = None) -> str:
+    """Stable id of an input shard: readable stem plus 8 hex of a hash of its name (and size).
 
-    The stem keeps ids human-friendly; the hash keeps two shards with the same file name in
-    different folders or buckets apart. Used for output file names and manifest records.
+    A job names a shard by its path relative to the root of the input pattern it came from
+    (`pipeline.readers.sources.InputShard`) and its size, so moving or remounting the input
+    root keeps every id, while `a/x.tar` and `b/x.tar` under one root stay apart. A bare URL
+    (size None) gives the id that URL had before ids became root-relative.
     """
-    base = url.rstrip("/").rsplit("/", 1)[-1]
+    base = name.rstrip("/").rsplit("/", 1)[-1]
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", base)[:64] or "shard"
-    digest = hashlib.sha1(url.encode("utf-8")).hexdigest()[:8]
+    identity = name if size is None else f"{name}\n{size}"
+    digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:8]
     return f"{stem}-{digest}"
 
 
@@ -152,10 +155,14 @@ class ShardStats:
     # set when the shard itself is damaged (e.g. truncated tar): the samples before the damage
     # are still processed and written; the shard then counts as failed with this reason
     shard_error: str | None = None
+    # bytes of decoded frames sent to tokenizer actors on the shard task's own node ("same_node")
+    # and on other nodes ("other_node"), resends included
+    frame_bytes: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for the manifest record; `scene_cuts` and `quality` only where a feature set them."""
-        added = {k: v for k, v in (("scene_cuts", self.scene_cuts), ("quality", [list(q) for q in self.quality])) if v}
+        """Plain data for the manifest record; `scene_cuts`, `quality` and `frame_bytes` only where set."""
+        added = {k: v for k, v in (("scene_cuts", self.scene_cuts), ("quality", [list(q) for q in self.quality]),
+                                   ("frame_bytes", dict(self.frame_bytes))) if v}
         return {
             "samples_total": self.samples_total,
             "samples_ok": self.samples_ok,
@@ -190,4 +197,5 @@ class ShardStats:
             seconds=Counter(data.get("seconds", {})),
             quality=[list(q) for q in data.get("quality", [])],
             shard_error=data.get("shard_error"),
+            frame_bytes=Counter(data.get("frame_bytes", {})),
         )

@@ -122,6 +122,7 @@ class ResourceSpec(Config):
     decode_workers: Auto | int = "auto"
     max_batches_in_flight: int = 2
     batches_per_actor: int = 3
+    max_actors: Auto | int = "auto"
 
     def validate(self, path: str) -> None:
         if self.batches_per_actor < 1:
@@ -136,6 +137,8 @@ class ResourceSpec(Config):
             raise SpecError(f"{path}.cpus_per_actor", "must be >= 0")
         if self.max_batches_in_flight < 1:
             raise SpecError(f"{path}.max_batches_in_flight", "must be >= 1")
+        if isinstance(self.max_actors, int) and self.max_actors < 1:
+            raise SpecError(f"{path}.max_actors", "must be >= 1 or auto")
 
 
 class QualitySpec(Config):

@@ -37,14 +37,22 @@ class OutputFile:
     checksum: str  # "sha256:<hex>" of the whole file
     rows: int  # clips (tokens) or dead letters (errors)
     md5: str = ""  # hex MD5 of the file: what an S3 listing reports as the ETag of a simple PUT
+    # rows of each Parquet row group of a token file (a token tar: [rows], it is streamed), so a
+    # loader plans its reads from the manifest alone; None in records written before it existed
+    row_groups: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "checksum": self.checksum, "rows": self.rows, "md5": self.md5}
+        data: dict[str, Any] = {"path": self.path, "size": self.size, "checksum": self.checksum, "rows": self.rows,
+                                "md5": self.md5}
+        if self.row_groups is not None:
+            data["row_groups"] = self.row_groups
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OutputFile:
+        groups = data.get("row_groups")
         return cls(path=data["path"], size=int(data["size"]), checksum=data["checksum"], rows=int(data["rows"]),
-                   md5=str(data.get("md5", "")))
+                   md5=str(data.get("md5", "")), row_groups=[int(n) for n in groups] if groups is not None else None)
 
 
 @dataclass

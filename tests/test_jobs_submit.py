@@ -54,7 +54,7 @@ def test_cluster_yaml_validates_with_rays_schema():
     _validate(config)
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
-    assert head["resources"].get("GPU", 0) == 0
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU") == 0  # no data work
     gpu = [t for name, t in types.items() if t["resources"].get("GPU", 0) > 0]
     assert gpu and gpu[0]["max_workers"] >= gpu[0]["min_workers"] >= 0
     setup = " ".join(config["setup_commands"])
@@ -82,3 +82,7 @@ def test_kuberay_example_is_a_rayjob_running_tokenmill():
     workers = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" in limits
+    # the head does no data work, and the worker group can grow while a job runs
+    cluster = doc["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] and workers[0]["maxReplicas"] > workers[0]["minReplicas"]

@@ -21,9 +21,11 @@ import torch
 
 import tokenizer_core
 from jobs.actors import ActorSettings, tokenizer_actor_class
+from jobs.pool import Roster
 from jobs.shard_task import ActorRouter, ShardJob, stream_shard
 from pipeline.readers.clips import DecodedClip, Grid, cut_clips
-from pipeline.records import ShardStats, shard_id
+from pipeline.readers.sources import InputShard
+from pipeline.records import ShardStats
 from pipeline.writers.commit import ShardWriter
 from pipeline.writers.token_files import optional_columns
 from schemas.jobspec import ClipSpec, QualitySpec
@@ -67,10 +69,12 @@ def _job(tmp: Path, clips: ClipSpec, sample_rate: float = 0.0) -> ShardJob:
 
 def _run(job: ShardJob, url: str, actors: list) -> tuple[dict[str, dict], ShardStats]:
     stats = ShardStats()
-    writer = ShardWriter(job.output_uri, shard_id(url), url, optional_columns=job.optional_columns)
-    stream_shard(job, url, stats, writer, ActorRouter(actors, [None] * len(actors)))
-    writer.commit(stats)
-    table = pq.read_table(Path(job.output_uri) / "tokens" / f"{shard_id(url)}.parquet")
+    shard = InputShard(url, os.path.basename(url), os.path.getsize(url))
+    writer = ShardWriter(job.output_uri, shard.id, url, optional_columns=job.optional_columns)
+    roster = Roster(1, tuple((f"actor-{i}", actor, "") for i, actor in enumerate(actors)))
+    stream_shard(job, shard, stats, writer, ActorRouter(roster))
+    record = writer.commit(stats)
+    table = pq.read_table(Path(job.output_uri) / record.outputs["tokens"].path)
     return {r["key"]: r for r in table.to_pylist()}, stats
 
 

@@ -165,14 +165,15 @@ def test_nested_checks_are_named_from_where_the_section_sits():
 def test_fingerprint_and_job_json_are_pinned():
     """The digest and the redacted spec of a fixed spec: a change to either is deliberate. (It was
     unchanged by the pydantic models; token/error schema version 2, adding `source_member`,
-    changed the digest, so outputs written before it are refused on resume, as they should be.)"""
+    changed the digest, so outputs written before it are refused on resume, as they should be;
+    so did the `shard_ids` component, for outputs named under URL-hashed shard ids.)"""
     data = {"input": {"shards": "a-{000000..000003}.tar", "storage_options": {"key": "K"}},
             "tokenizer": {"name": "DV4x8x8-mill", "dtype": "bfloat16"}, "output": {"uri": "/tmp/out"},
             # the decoder named: the digest pinned is decord's (the default is now pyav)
             "clips": {"num_frames": 9, "fps": 8, "stride": 4, "resolution": [128, 64], "decoder": "decord"}}
     spec = parse_job_spec(data, "/tmp")
     fingerprint = job_fingerprint(spec, {"vocab_size": 64000, "channels": 8}, "ab" * 32)
-    assert fingerprint["digest"] == "626e1348c97ec74fa7cd02559f2c6c68a1b4e1b9051782402a7797e61bf484b2"
+    assert fingerprint["digest"] == "c80abc81f3bd2d1e1dc943ca2ffd579e6dbd864ab610f6d49a1e390a0bb976ca"
     written = spec.redacted()
     assert json.loads(json.dumps(written)) == written  # plain JSON: lists, not tuples
     assert written["clips"] == {"num_frames": 9, "fps": 8.0, "stride": 4, "max_clips_per_video": None,

@@ -100,12 +100,13 @@ def listed_size(stream: Any, url: str) -> int | None:
 def iter_shard(url: str, clips: ClipSpec, storage_options: dict | None, stats: ShardStats, *,
                isolate: bool = True, limits: LimitSpec | None = None,
                grid: Grid | None = None, confirmed_damage: Collection[str] | None = None,
-               ) -> Iterator[Clip | DeadLetter]:
+               shard: str | None = None) -> Iterator[Clip | DeadLetter]:
     """Stream one shard and yield its clips and dead letters in order (see the module doc).
 
     `grid`: the tokenizer's factors, needed by `num_frames: all` and `resolution: {short_side}`.
-    `confirmed_damage`: see the module doc (None for a single pass)."""
-    sid = shard_id(url)
+    `confirmed_damage`: see the module doc (None for a single pass). `shard` is the shard's id
+    in clip keys (`InputShard.id`, what a job uses); without it, the id of the bare URL."""
+    sid = shard or shard_id(url)
     limits = limits or LimitSpec()
     seen: set[str] = set()
     with contextlib.ExitStack() as stack:

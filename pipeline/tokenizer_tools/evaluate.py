@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 
 def iter_eval_clips(shards: str | list[str], num_frames: int, resolution: tuple[int, int],
                     storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
-    """Clips (pipeline.records.Clip) of every shard, through the job's data plane."""
-    from pipeline.readers.sources import expand_shards
+    """Clips (pipeline.records.Clip) of every shard, through the job's data plane; clip keys use
+    the job's shard ids, so the same `shards` pattern names a clip here as in a job's output."""
+    from pipeline.readers.sources import resolve_shards
     from pipeline.readers.stages import iter_shard
     from pipeline.records import Clip, ShardStats
     from schemas.jobspec import ClipSpec
 
     spec = ClipSpec(num_frames=num_frames, resolution=resolution)
-    for url in expand_shards(shards, storage_options):
-        for item in iter_shard(url, spec, storage_options, ShardStats(), isolate=False):
+    for shard in resolve_shards(shards, storage_options):
+        for item in iter_shard(shard.url, spec, storage_options, ShardStats(), isolate=False, shard=shard.id):
             if isinstance(item, Clip):
                 yield item
             else:

@@ -70,7 +70,9 @@ def original_frames(row: dict[str, Any], clip_spec: Any, storage_options: dict[s
     from pipeline.records import Clip, ShardStats
 
     chunks = []
-    for item in iter_shard(row["source_url"], clip_spec, storage_options, ShardStats(), isolate=False, grid=grid):
+    shard = row["key"].split(".", 1)[0]  # the job's id of the shard: clip keys start with it
+    for item in iter_shard(row["source_url"], clip_spec, storage_options, ShardStats(), isolate=False, grid=grid,
+                           shard=shard):
         if isinstance(item, Clip) and item.key == row["key"]:
             chunks.append(item.frames)
             if item.final:

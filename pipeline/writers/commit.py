@@ -159,7 +159,7 @@ class ShardWriter:
         write_error_file(self._tmp_errors, self._errors, self.metadata)
         stats_dict = self._reconcile(stats)
         outputs = {
-            "tokens": self._describe(self._tmp_tokens, self.token_rel, self.rows),
+            "tokens": self._describe(self._tmp_tokens, self.token_rel, self.rows, self._row_groups()),
             "errors": self._describe(self._tmp_errors, self.error_rel, len(self._errors)),
         }
         return ManifestRecord(
@@ -180,9 +180,20 @@ class ShardWriter:
         return data
 
     @staticmethod
-    def _describe(local: str, rel: str, rows: int) -> OutputFile:
+    def _describe(local: str, rel: str, rows: int, row_groups: list[int] | None = None) -> OutputFile:
         sha, md5 = storage.file_digests(local)
-        return OutputFile(path=rel, size=os.path.getsize(local), checksum=sha, rows=rows, md5=md5)
+        return OutputFile(path=rel, size=os.path.getsize(local), checksum=sha, rows=rows, md5=md5,
+                          row_groups=row_groups)
+
+    def _row_groups(self) -> list[int]:
+        """Rows per row group of the finished token file, from its (local) footer: the record
+        carries the layout so that loaders never open the footer themselves."""
+        if self.fmt != "parquet":
+            return [self.rows]  # a token tar is one streamed group
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(self._tmp_tokens).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
     def _fingerprint_digest(self) -> str:
         raw = self.metadata.get(META_FINGERPRINT, "")

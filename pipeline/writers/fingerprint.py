@@ -34,6 +34,13 @@ from schemas.tokens import (
 DIGEST = "digest"
 REVISION = "tokenizer.revision"
 _NOT_HASHED = (REVISION,)
+# how input shards are named (pipeline.records.shard_id): ids of an output made under another
+# rule would not match this job's shards, so a resume across the change is refused, not redone
+SHARD_IDS = "shard_ids"
+SHARD_ID_RULE = "name under the pattern root + size"
+_SHARD_ID_HINT = ("the output was written when shard ids hashed each shard's full URL; a resume under "
+                  "root-relative ids would tokenize every shard again beside the old files. Its tokens stay "
+                  "readable; write this job to a new output.uri")
 
 
 def _canonical(data: Any) -> str:
@@ -80,6 +87,7 @@ def job_fingerprint(spec: JobSpec, tokenizer_config: dict[str, Any], weights_has
         "output.format": spec.output.format,
         "schema_version": f"tokens={TOKENS_SCHEMA_VERSION},errors={ERRORS_SCHEMA_VERSION}",
         **_added_components(spec),
+        SHARD_IDS: SHARD_ID_RULE,
     }
     hashed = {k: v for k, v in components.items() if k not in _NOT_HASHED}
     return {**components, DIGEST: _sha(_canonical(hashed))}
@@ -134,6 +142,8 @@ def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
         text += (f". The Hub repo moved since this output was started: pin {old} to resume with the weights it was "
                  "made with" + ("; its weights changed, so the new revision needs a new output.uri" if weights_too
                                 else f", or pin {new} to accept the new revision (same weights)"))
+    if any(name == SHARD_IDS and a is None for name, a, _ in diffs):
+        text += f" ({_SHARD_ID_HINT})"
     return text
 
 

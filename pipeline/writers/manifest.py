@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pipeline.records import shard_id as make_shard_id
 from pipeline.writers import storage
@@ -43,7 +43,11 @@ from schemas.config import SpecError
 from schemas.jobspec import JobSpec
 from schemas.manifest import JobFile, ManifestRecord
 
+if TYPE_CHECKING:
+    from pipeline.readers.sources import InputShard
+
 log = logging.getLogger(__name__)
+S = TypeVar("S", str, "InputShard")
 
 __all__ = [
     "prepare_output", "check_fingerprint", "read_job_file", "read_manifest", "plan_output", "plan_shards",
@@ -224,21 +228,23 @@ def compact_manifest(where: Where, storage_options: dict[str, Any] | None = None
 
 
 @dataclass
-class Plan:
-    todo: list[str]  # shard URLs to run
+class Plan(Generic[S]):
+    todo: list[S]  # shards (InputShards or URLs, as given) to run
     done: dict[str, ManifestRecord]  # shard_id -> verified record
     stale: dict[str, tuple[ManifestRecord, str]] = field(default_factory=dict)  # shard_id -> (record, why)
 
 
-def plan_output(urls: list[str], where: Where, storage_options: dict[str, Any] | None = None,
-                fingerprint: str | None = None) -> Plan:
+def plan_output(shards: Sequence[S], where: Where, storage_options: dict[str, Any] | None = None,
+                fingerprint: str | None = None) -> Plan[S]:
     """Split input shards into to do and done; records that do not stand are `stale`.
 
-    A record stands when its source URL (and fingerprint digest, if given) match and each file
-    it names is listed with the recorded size (and MD5, where the listing gives one: S3 ETags
-    of simple PUTs). A record of a damaged input shard (`shard_error`) does not stand either:
-    the shard failed, and the next run tries it again. Costs three listings (`_manifest/`,
-    `tokens/`, `errors/`) and, with an index, one GET — never a request per shard.
+    `shards`: InputShards (a job's: their id is the identity, wherever they are read from now)
+    or bare URLs (id of the URL; the record must name the same URL). A record stands when its
+    source URL (bare URLs only) and fingerprint digest (if given) match and each file it names
+    is listed with the recorded size (and MD5, where the listing gives one: S3 ETags of simple
+    PUTs). A record of a damaged input shard (`shard_error`) does not stand either: the shard
+    failed, and the next run tries it again. Costs three listings (`_manifest/`, `tokens/`,
+    `errors/`) and, with an index, one GET — never a request per shard.
     """
     loc = OutputLocation.of(where, storage_options)
     # the three listings are independent: run them side by side (each is paginated on S3)
@@ -247,31 +253,31 @@ def plan_output(urls: list[str], where: Where, storage_options: dict[str, Any] |
         listings = {sub: pool.submit(storage.list_files, loc.fs, loc.path(sub)) for sub in (loc.TOKENS, loc.ERRORS)}
         records, _ = loading.result()
         present = {f"{sub}/{name}": f for sub, job in listings.items() for name, f in job.result().items()}
-    plan = Plan([], {})
-    for url in urls:
-        sid = make_shard_id(url)
+    plan: Plan[S] = Plan([], {})
+    for shard in shards:
+        url, sid = (shard, make_shard_id(shard)) if isinstance(shard, str) else (None, shard.id)
         rec = records.get(sid)
         why = _why_not_standing(rec, url, present, fingerprint) if rec is not None else "no record"
         if rec is not None and why is None:
             plan.done[sid] = rec
             continue
-        plan.todo.append(url)
+        plan.todo.append(shard)
         if rec is not None and why is not None:
             plan.stale[sid] = (rec, why)
     return plan
 
 
-def plan_shards(urls: list[str], where: Where, storage_options: dict[str, Any] | None = None,
+def plan_shards(shards: Sequence[S], where: Where, storage_options: dict[str, Any] | None = None,
                 fingerprint: str | None = None,
-                ) -> tuple[list[str], dict[str, ManifestRecord]]:
+                ) -> tuple[list[S], dict[str, ManifestRecord]]:
     """(to do, done) of `plan_output`: what a resume would run, without changing anything."""
-    plan = plan_output(urls, where, storage_options, fingerprint)
+    plan = plan_output(shards, where, storage_options, fingerprint)
     return plan.todo, plan.done
 
 
-def _why_not_standing(rec: ManifestRecord, url: str, present: dict[str, storage.Listed],
+def _why_not_standing(rec: ManifestRecord, url: str | None, present: dict[str, storage.Listed],
                       fingerprint: str | None) -> str | None:
-    if rec.source_url != url:
+    if url is not None and rec.source_url != url:
         return f"recorded for another URL ({rec.source_url})"
     if fingerprint is not None and rec.fingerprint != fingerprint:
         return "made under another job fingerprint"
