@@ -54,19 +54,23 @@ def test_pool_grows_onto_a_joining_node_and_survives_losing_one(ray_elastic, inp
 
     out = tmp_path / "out"
     ray.init(address=ray_elastic.address, namespace="tokenmill", log_to_driver=False)
+    log = (tmp_path / "run.log").open("w+")  # a file, not a pipe: a full pipe would stall the job
     proc = subprocess.Popen(run_args(out, *_job(inputs), address=ray_elastic.address), cwd=REPO,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         first = _busy_actor_on(ray, None, timeout=180)
         added = ray_elastic.add_gpu_node()
         _busy_actor_on(ray, added.node_id, timeout=240)
         assert proc.poll() is None, "the job ended before the new actor took a batch; the test proves nothing"
         ray_elastic.remove(next(n for n in ray_elastic.workers if n.node_id == first["node_id"]))
-        _, err = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
     finally:
         ray.shutdown()
         if proc.poll() is None:
             proc.kill()
+        log.seek(0)
+        err = log.read()
+        log.close()
     assert proc.returncode == 0, err[-3000:]
     summary = read_summary(out)
     on_new_node = [a for a in summary["actors"] if a.get("node_id") == added.node_id]
