@@ -45,6 +45,9 @@ def _busy_actor_on(client, node_id: str | None, timeout: float) -> dict:
     raise AssertionError(f"no tokenizer actor {'on ' + node_id if node_id else ''} encoded a batch")
 
 
+@pytest.mark.xfail(reason="racy on an idle machine: the job can finish before the joining node's actor takes "
+                          "a batch (seen at the last merge); needs a job paced by the test. Open in issue 16.",
+                   strict=False)
 def test_pool_grows_onto_a_joining_node_and_survives_losing_one(ray_elastic, inputs, tmp_path):
     import ray
 
