@@ -57,6 +57,11 @@ def _add_set(p: argparse.ArgumentParser, example: str) -> None:
                         "as YAML (repeatable)")
 
 
+def _add_storage_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                   metavar="KEY=VALUE", help=text)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "run", "run a job to completion (resumes if run again)",
                 "Run a job on an embedded local Ray (default) or the Ray cluster at --address / "
@@ -86,8 +91,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
                 "and from any machine that can read OUTPUT).")
     p.add_argument("output", metavar="OUTPUT", help="the job's output.uri (local path or s3://...)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                   metavar="KEY=VALUE", help="fsspec storage option, e.g. endpoint_url=http://... (repeatable)")
+    _add_storage_option(p, "fsspec storage option, e.g. endpoint_url=http://... (repeatable)")
 
 
 def _add_make_shards(sub: argparse._SubParsersAction) -> None:
@@ -110,8 +114,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
                    help="clip key (the `key` column; `tokenmill ls OUTPUT` lists them), or a unique prefix of one")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for KEY-compare.png and KEY.mp4")
     p.add_argument("--frames", type=int, default=6, help="frames shown in the PNG")
-    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                   metavar="KEY=VALUE", help="fsspec option for the output and source shards (repeatable)")
+    _add_storage_option(p, "fsspec option for the output and source shards (repeatable)")
 
 
 def _add_ls(sub: argparse._SubParsersAction) -> None:
@@ -120,8 +123,7 @@ def _add_ls(sub: argparse._SubParsersAction) -> None:
                 "takes), token grid t x h x w, clip size, first frame and source shard.")
     p.add_argument("output", metavar="OUTPUT", help="the job's output.uri")
     p.add_argument("--json", action="store_true", help="one JSON object per clip")
-    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                   metavar="KEY=VALUE", help="fsspec option for the output (repeatable)")
+    _add_storage_option(p, "fsspec option for the output (repeatable)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
