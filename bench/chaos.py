@@ -154,28 +154,34 @@ def _holding(proc: subprocess.Popen, uri: str, opts: dict[str, Any], timeout: fl
 
 def _killer(proc: subprocess.Popen, kind: str, delay: float, hit: Counter[str], uri: str,
             opts: dict[str, Any]) -> threading.Thread:
-    """SIGKILL one process of `kind`, `delay` seconds after the driver took the lease."""
+    """SIGKILL one process of `kind`, `delay` seconds after one is first at work under the driver."""
     marker = PROCESS_KINDS[kind]
+
+    def targets() -> list[int]:
+        return [pid for pid, cmd in _descendants(proc.pid) if marker is None or marker in cmd]
 
     def work() -> None:
         if not _holding(proc, uri, opts):
             return
-        time.sleep(delay)
+        # mid-run: from the moment a target is at work, however fast this machine runs the job
         deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and not targets():
+            time.sleep(0.05)
+        time.sleep(delay)
         while proc.poll() is None and time.monotonic() < deadline:
             if marker is None:
                 proc.kill()
                 hit[kind] += 1
                 return
-            targets = [pid for pid, cmd in _descendants(proc.pid) if marker in cmd]
-            if targets:
+            live = targets()
+            if live:
                 try:
-                    os.kill(random.Random(delay).choice(targets), signal.SIGKILL)
+                    os.kill(random.Random(delay).choice(live), signal.SIGKILL)
                     hit[kind] += 1
                 except ProcessLookupError:
                     continue
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -238,7 +244,7 @@ def scenario(world: World, index: int, rng: random.Random, kinds: list[str] | No
     while len(codes) < MAX_RUNS:
         proc = _driver(spec)
         for kind in [k for k in pending if k in PROCESS_KINDS]:
-            _killer(proc, kind, rng.uniform(2, 20), hit, uri, direct or opts)
+            _killer(proc, kind, rng.uniform(0, 2), hit, uri, direct or opts)
         if "second_driver" in pending and _holding(proc, uri, direct or opts):
             second = _driver(spec)  # while the first holds the lease: it must be refused, exit 2
             _, second.stderr = second.communicate(timeout=600)  # type: ignore[assignment]
