@@ -25,7 +25,7 @@ TRAINING_CONFIG_VERSION = 1
 
 
 class TrainDataSpec(Config):
-    """Training clips: shards, how clips are cut, and the augmentation (random crop, flips)."""
+    """Training clips: shards, how clips are cut, and the augmentation (random crop, flips, colour)."""
 
     shards: str | list[str]
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -36,6 +36,7 @@ class TrainDataSpec(Config):
     fps: float | None = None
     max_clips_per_video: int | None = None
     hflip: bool = True
+    colour: bool = False  # random channel order and saturation (x0.5-2) per clip
     decoder: Literal["decord", "pyav"] = "pyav"
 
     def validate(self, path: str) -> None:

@@ -166,3 +166,21 @@ def test_bundled_recipe_chains_its_stages_and_the_shipped_weights_are_stage_thre
         del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
     assert made_by == stage_three
     assert 0 < recorded["steps"] <= three.steps  # max_minutes may end a run early
+
+
+def test_colour_augmentation_reorders_channels_and_scales_saturation():
+    from pipeline.tokenizer_tools.train_tokenizer import ClipBank
+
+    red = torch.zeros(3, 8, 8, 3, dtype=torch.uint8)
+    red[..., 0] = 150  # saturation x2 stays inside 0-255: nothing is clipped
+    red[..., 1:] = 100
+    plain = ClipBank([red.numpy()], None, hflip=False).batch(16, torch.Generator().manual_seed(0))
+    assert torch.all(plain[:, 0] > plain[:, 1])  # off: every clip stays red
+    recoloured = ClipBank([red.numpy()], None, hflip=False, colour=True).batch(64, torch.Generator().manual_seed(0))
+    assert recoloured.min() >= -1 and recoloured.max() <= 1
+    dominant = recoloured.mean(dim=(2, 3, 4)).argmax(1)
+    assert set(dominant.tolist()) == {0, 1, 2}  # the red moved to every channel
+    spread = (recoloured.amax(1) - recoloured.amin(1)).mean(dim=(1, 2, 3))
+    assert spread.max() > 1.5 * spread.min()  # saturation varies
+    grey = recoloured.mean(1)
+    assert torch.allclose(grey, grey[:1].expand_as(grey), atol=2 / 127.5)  # about each pixel's grey value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +37,20 @@ log = logging.getLogger(__name__)
 class ClipBank:
     """Decoded training clips (uint8 [T, H, W, 3] each) and the random batch drawn from them."""
 
-    def __init__(self, clips: list[np.ndarray], crop: tuple[int, int] | None, hflip: bool):
+    def __init__(self, clips: list[np.ndarray], crop: tuple[int, int] | None, hflip: bool, colour: bool = False):
         if not clips:
             raise SpecError("data.shards", "no training clips: the shards yielded no clip of data.num_frames frames")
         self.clips = clips
         self.crop = crop
         self.hflip = hflip
+        self.colour = colour
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Random clips, random crops, random flips -> float video [B, 3, T, h, w] in [-1, 1]."""
+        """Random clips, random crops, random flips (and, with `colour`, a random order of the
+        colour channels and saturation scaled by 0.5-2) -> float video [B, 3, T, h, w] in [-1, 1]."""
         import torch
 
         items = []
@@ -62,8 +65,22 @@ class ClipBank:
             frames = frames[:, top:top + ch, left:left + cw]
             if flip:
                 frames = frames.flip(2)
-            items.append(frames.permute(3, 0, 1, 2))  # [3, T, h, w]
-        return torch.stack(items).float().div_(127.5).sub_(1.0)
+            clip = frames.permute(3, 0, 1, 2).float()  # [3, T, h, w]
+            if self.colour:
+                clip = _recolour(clip, generator)
+            items.append(clip)
+        return torch.stack(items).div_(127.5).sub_(1.0)
+
+
+def _recolour(clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Channels in a random order, then saturation scaled by a factor in [0.5, 2] (log-uniform)
+    around each pixel's grey value: hues and saturations the footage itself rarely has."""
+    import torch
+
+    clip = clip[torch.randperm(3, generator=generator)]
+    factor = float(torch.exp((torch.rand((1,), generator=generator) * 2 - 1) * math.log(2.0)))
+    grey = clip.mean(0, keepdim=True)
+    return (grey + (clip - grey) * factor).clamp_(0.0, 255.0)
 
 
 def load_clip_bank(data: TrainDataSpec) -> ClipBank:
@@ -85,7 +102,7 @@ def load_clip_bank(data: TrainDataSpec) -> ClipBank:
             else:
                 log.warning("skipping %s/%s: %s", item.source_url, item.sample_key, item.message)
         log.info("%s: %d samples, %d clips", url, stats.samples_ok, stats.clips)
-    return ClipBank(clips, data.crop, data.hflip)
+    return ClipBank(clips, data.crop, data.hflip, data.colour)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
