@@ -161,7 +161,7 @@ def _spec(**tokenizer):
 @pytest.mark.skipif(not NO_CUDA, reason="this machine's torch has CUDA")
 def test_dtype_auto_resolves_to_float32_on_cpu_and_keeps_old_fingerprints():
     """Outputs made with the old default (float32) on CPU resume under the new default (auto)."""
-    from jobs.runner import resolve_device
+    from jobs.preflight import resolve_device
     from pipeline.writers.fingerprint import job_fingerprint
 
     auto = resolve_device(_spec(), address=None)
@@ -171,7 +171,7 @@ def test_dtype_auto_resolves_to_float32_on_cpu_and_keeps_old_fingerprints():
 
 
 def test_cuda_with_no_gpu_per_actor_is_refused_before_anything_runs():
-    from jobs.runner import resolve_device
+    from jobs.preflight import resolve_device
     from schemas.config import SpecError
     from schemas.jobspec import parse_job_spec
 
