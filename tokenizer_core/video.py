@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenizer_core.attention3d import mid_attention
 from tokenizer_core.config import TokenizerConfig
 from tokenizer_core.layers3d import (
     CausalHybridDownsample3d,
@@ -24,7 +25,6 @@ from tokenizer_core.layers3d import (
     CausalResnetBlockFactorized3d,
     cat_time,
     factorized_conv,
-    mid_attention,
 )
 from tokenizer_core.patching import Patcher3D, UnPatcher3D
 from tokenizer_core.streaming import stream_state
