@@ -157,8 +157,8 @@ def _killer(proc: subprocess.Popen, kind: str, delay: float, hit: Counter[str], 
     """SIGKILL one process of `kind`, `delay` seconds after one is first at work under the driver."""
     marker = PROCESS_KINDS[kind]
 
-    def targets() -> list[int]:
-        return [pid for pid, cmd in _descendants(proc.pid) if marker is None or marker in cmd]
+    def targets() -> list[int]:  # the driver's own kill waits for shard tasks at work too
+        return [pid for pid, cmd in _descendants(proc.pid) if (marker or PROCESS_KINDS["kill_shard_task"]) in cmd]
 
     def work() -> None:
         if not _holding(proc, uri, opts):
@@ -167,7 +167,7 @@ def _killer(proc: subprocess.Popen, kind: str, delay: float, hit: Counter[str], 
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline and not targets():
             time.sleep(0.05)
-        time.sleep(delay)
+        time.sleep(delay if marker else delay + 0.5)  # with other kills in the run, theirs first
         while proc.poll() is None and time.monotonic() < deadline:
             if marker is None:
                 proc.kill()
@@ -244,7 +244,7 @@ def scenario(world: World, index: int, rng: random.Random, kinds: list[str] | No
     while len(codes) < MAX_RUNS:
         proc = _driver(spec)
         for kind in [k for k in pending if k in PROCESS_KINDS]:
-            _killer(proc, kind, rng.uniform(0, 2), hit, uri, direct or opts)
+            _killer(proc, kind, rng.uniform(0, 0.3), hit, uri, direct or opts)
         if "second_driver" in pending and _holding(proc, uri, direct or opts):
             second = _driver(spec)  # while the first holds the lease: it must be refused, exit 2
             _, second.stderr = second.communicate(timeout=600)  # type: ignore[assignment]
