@@ -157,8 +157,10 @@ def _killer(proc: subprocess.Popen, kind: str, delay: float, hit: Counter[str], 
     """SIGKILL one process of `kind`, `delay` seconds after one is first at work under the driver."""
     marker = PROCESS_KINDS[kind]
 
-    def targets() -> list[int]:  # the driver's own kill waits for shard tasks at work too
-        return [pid for pid, cmd in _descendants(proc.pid) if (marker or PROCESS_KINDS["kill_shard_task"]) in cmd]
+    wanted = marker or "ray::run_shard"  # the driver's own kill waits for shard tasks at work too
+
+    def targets() -> list[int]:
+        return [pid for pid, cmd in _descendants(proc.pid) if wanted in cmd]
 
     def work() -> None:
         if not _holding(proc, uri, opts):
