@@ -79,3 +79,25 @@ def test_baseline_loses_detail_below_the_grid():
     out = same_grid_baseline(video, 4, 8)
     assert torch.all(out == 128)  # mean 127.5 rounds half to even -> 128
     assert psnr(video, out) == pytest.approx(10 * math.log10(255**2 / (127.5**2 + 0.25)), abs=0.01)
+
+
+def test_colour_check_measures_what_comes_back_per_channel():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from colour_check import colour_errors
+
+    class Greying(torch.nn.Module):  # returns every colour halfway to mid-grey
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z * 0.5
+
+    colours, err, back = colour_errors(Greying(), levels=3)
+    assert len(colours) == 27 and err.shape == back.shape == (27, 3)
+    white = colours.index((255, 255, 255))
+    assert torch.allclose(err[white], torch.full((3,), 63.75), atol=0.01)  # (1 - 0.5) * 127.5
+    assert torch.allclose(back[white], torch.full((3,), 191.25), atol=0.01)
+    assert torch.allclose(err[colours.index((128, 128, 128))], torch.zeros(3), atol=0.3)
