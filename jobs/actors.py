@@ -235,10 +235,9 @@ class TokenizerWorker:
 def to_video(frames: np.ndarray, device: str, dtype: Any) -> Any:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] on `device`, scaled in fp32 then cast
     (the same arithmetic as the batch encoder's, so both give the same tokens)."""
-    from jobs.batch_encoder import _as_tensor
+    from jobs.batch_encoder import _as_tensor, to_model_input
 
-    x = _as_tensor(frames).to(device)
-    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(dtype)
+    return to_model_input(_as_tensor(frames).to(device), dtype)
 
 
 def _node_id() -> str | None:

@@ -187,9 +187,7 @@ class BatchEncoder:
         return self._compute_lock
 
     def _normalise_and_encode(self, x: torch.Tensor) -> torch.Tensor:
-        # [B,T,H,W,3] uint8 -> [B,3,T,H,W]: the permuted view keeps NDHWC strides (channels-last);
-        # scaled in fp32, then cast (bf16 arithmetic on pixel values would add its own rounding)
-        video = x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(self.tok.dtype)
+        video = to_model_input(x, self.tok.dtype)
         out = self._model_encode(video)
         return out if out.dtype == torch.int64 else out.float()
 
@@ -241,6 +239,13 @@ class BatchEncoder:
                     yield pending.pop(0).result()
             while pending:
                 yield pending.pop(0).result()
+
+
+def to_model_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> [B, 3, T, H, W] in [-1, 1]: the permuted view keeps NDHWC strides
+    (channels-last); scaled in fp32, then cast (bf16 arithmetic on pixel values would add its own
+    rounding). Every path into the model uses this, so all give the same tokens."""
+    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(dtype)
 
 
 def _as_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -56,6 +56,7 @@ class Roster:
     version: int
     members: tuple[tuple[str, Any, str], ...]
     refresh_s: float = 5.0
+    made_by: tuple[tuple[str, str, str], ...] = ()  # (name, device, dtype) of each member, for records
 
 
 class RosterRegistry:
@@ -248,7 +249,10 @@ class ActorPool:
 
         self._members_key = key
         self._version += 1
-        roster = Roster(self._version, tuple(ready), max(ROSTER_REFRESH_S, self.decode_slots / REGISTRY_CALLS_PER_S))
+        made_by = tuple((m.name, str(m.stats.get("device", "unknown")), str(m.stats.get("dtype", "unknown")))
+                        for m in self.members if m.answered and m.node)
+        roster = Roster(self._version, tuple(ready), max(ROSTER_REFRESH_S, self.decode_slots / REGISTRY_CALLS_PER_S),
+                        made_by)
         self.roster_ref = ray.put(roster)
         self.registry.publish.remote(roster)
         log.info("roster %d: %d tokenizer actors on %d nodes", self._version, len(ready), len({n for *_, n in ready}))

@@ -186,19 +186,18 @@ class RowStreamer:
         if row is self.open:
             self.open = None
 
-    def _outstanding(self) -> list[tuple[_Row, int]]:
-        rows = [*self.queue, *([self.open] if self.open is not None else [])]
-        return [(r, i) for r in rows for i, ref in enumerate(r.results) if ref is not None]
-
     def _drain(self, limit: int) -> None:
-        """Resolve the oldest outstanding chunks until at most `limit` remain; write finished rows."""
+        """Resolve the oldest outstanding chunks until at most `limit` remain; write finished rows.
+        A row's chunks resolve in order, so `len(row.arrays)` of them are done and the next is
+        the oldest outstanding one (counting, not scanning: a whole video may be thousands of chunks)."""
         while True:
-            while self.queue and all(ref is None for ref in self.queue[0].results):
+            while self.queue and len(self.queue[0].arrays) == len(self.queue[0].results):
                 self._write(self.queue.popleft())
-            pending = self._outstanding()
-            if len(pending) <= limit:
+            rows = [*self.queue, *([self.open] if self.open is not None else [])]
+            if sum(len(r.results) - len(r.arrays) for r in rows) <= limit:
                 return
-            self._resolve(*pending[0])
+            oldest = next(r for r in rows if len(r.results) > len(r.arrays))
+            self._resolve(oldest, len(oldest.arrays))
 
     def _resolve(self, row: _Row, part: int) -> None:
         from ray.exceptions import RayActorError
@@ -225,14 +224,13 @@ class RowStreamer:
             row.results.append(self._call(row, part))  # each waits on the one before (see _call)
 
     def _write(self, row: _Row) -> None:
+        from jobs.shard_task import tokens_per_clip, with_quality
         from pipeline.writers.commit import ClipInfo
 
         parts = [encoded for encoded, _ in row.arrays]  # each [1, t', h, w] ids or [1, c, t', h, w]
         encoded = np.concatenate(parts, axis=1 if parts[0].dtype.kind in "iu" else 2)[0]
         scores = row.arrays[-1][1]
         info = replace(ClipInfo.from_clip(row.first), num_frames=row.frames, motion=row.last.motion)
-        if scores is not None:
-            info = replace(info, psnr=scores["psnr"], ssim=scores["ssim"])
-            self.stats.add_quality(scores["psnr"], scores["ssim"])
+        info = with_quality(info, scores, self.stats)
         self.writer.add(info, encoded, self.job.tokenizer_name)
-        self.stats.tokens += int(encoded.size if encoded.dtype.kind in "iu" else encoded[0].size)
+        self.stats.tokens += tokens_per_clip(encoded, encoded.dtype.kind in "iu")

@@ -100,6 +100,7 @@ class ActorRouter:
         self.node = ray.get_runtime_context().get_node_id()
         self.registry = registry
         self.actors: dict[str, Any] = {}  # every actor this shard has seen (sent work keeps its own)
+        self.made_by: dict[str, tuple[str, str]] = {}  # name -> (device, dtype)
         self.nodes: dict[str, str] = {}
         self.suspect_until: dict[str, float] = {}
         self.failures: dict[str, int] = {}
@@ -113,6 +114,7 @@ class ActorRouter:
         self.version, self.refresh_s = roster.version, roster.refresh_s
         for name, handle, node in roster.members:
             self.actors[name], self.nodes[name] = handle, node
+        self.made_by.update({name: (device, dtype) for name, device, dtype in roster.made_by})
         names = [name for name, _, _ in roster.members]
         local = [n for n in names if self.nodes[n] == self.node]
         self.order = local + [n for n in names if n not in local]
@@ -208,7 +210,7 @@ class ActorRouter:
                 batch.result_ref = self._call(batch)
 
 
-def _tokens_per_clip(encoded: np.ndarray, discrete: bool) -> int:
+def tokens_per_clip(encoded: np.ndarray, discrete: bool) -> int:
     # discrete: one id per latent position [t, h, w]; continuous [c, t, h, w]: positions t*h*w
     return int(encoded.size if discrete else encoded[0].size)
 
@@ -221,14 +223,14 @@ def _finish(batch: _Batch, router: ActorRouter, writer: Any, job: ShardJob, stat
     clips = batch.clips
     if batch.scored is not None:
         encoded, scores = encoded
-        clips = [_with_quality(c, q, stats) for c, q in zip(clips, scores, strict=True)]
+        clips = [with_quality(c, q, stats) for c, q in zip(clips, scores, strict=True)]
     discrete = encoded.dtype.kind in "iu"
     for clip, item in zip(clips, encoded, strict=True):
         writer.add(clip, item, job.tokenizer_name)
-        stats.tokens += _tokens_per_clip(item, discrete)
+        stats.tokens += tokens_per_clip(item, discrete)
 
 
-def _with_quality(clip: Any, scores: dict[str, float] | None, stats: ShardStats) -> Any:
+def with_quality(clip: Any, scores: dict[str, float] | None, stats: ShardStats) -> Any:
     if scores is None:
         return clip
     stats.add_quality(scores["psnr"], scores["ssim"])
@@ -274,16 +276,10 @@ def stream_shard(job: ShardJob, shard: InputShard, stats: ShardStats, writer: An
 
 
 def _made_by(router: ActorRouter) -> dict[str, str]:
-    """{"device", "dtype"} of the actors that encoded the shard's batches, for its record."""
-    import ray
-
-    used = sorted(router.used)
-    try:
-        stats = ray.get([router.actors[name].stats.remote() for name in used], timeout=30)
-    except Exception:  # noqa: BLE001 - informational: an actor may be restarting
-        return {"device": "unknown", "dtype": "unknown"}
-    return {key: ",".join(sorted({str(st.get(key, "unknown")) for st in stats})) or "none"
-            for key in ("device", "dtype")}
+    """{"device", "dtype"} of the actors that encoded the shard's batches, for its record (from
+    the rosters: no call to the actors, which may be busy or restarting)."""
+    made = [router.made_by.get(name, ("unknown", "unknown")) for name in router.used]
+    return {key: ",".join(sorted({m[i] for m in made})) or "none" for i, key in enumerate(("device", "dtype"))}
 
 
 def run_shard(job: ShardJob, shard: InputShard, attempt: int, roster: Any, registry: Any = None,
