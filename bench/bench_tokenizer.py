@@ -140,7 +140,7 @@ def time_worker(job: dict[str, Any]) -> dict[str, Any]:
     fns, arg = _setup(job, job["impls"])
     for fn in fns.values():
         for _ in range(2):
-            fn(arg)
+            _call(fn, arg)  # warm-up in the mode it is timed in (no_grad): TorchScript profiles per mode
     runs: dict[str, list[tuple[float, float]]] = {impl: [] for impl in fns}
     order = list(fns)
     for r in range(job["repeat"]):
@@ -157,15 +157,13 @@ def time_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def memory_worker(job: dict[str, Any]) -> dict[str, Any]:
-    import torch
 
     fns, arg = _setup(job, [job["impl"]])
     fn = fns[job["impl"]]
-    fn(arg)  # warm-up (oneDNN primitives, the TorchScript profiling run)
+    _call(fn, arg)  # warm-up (oneDNN primitives, the TorchScript profiling run), as measured: no_grad
     before = _rss_kib("VmRSS")
     _reset_peak()
-    with torch.no_grad():
-        fn(arg)
+    _call(fn, arg)
     return {"peak_mib": (_rss_kib("VmHWM") - before) / 1024, "rss_mib": _rss_kib("VmHWM") / 1024}
 
 

@@ -158,9 +158,10 @@ class RunningQuality:
     def add(self, reference: torch.Tensor, test: torch.Tensor) -> None:
         """reference, test: [3, T, H, W] on [0, 255], the next frames of the clip."""
         _check_same_shape(reference, test)
-        self.squared_error += float(((reference.double() - test.double()) ** 2).sum())
+        ref, out = reference.double(), test.double()
+        self.squared_error += float(((ref - out) ** 2).sum())
         self.values += reference.numel()
-        frames = ssim_map(reference.double().permute(1, 0, 2, 3), test.double().permute(1, 0, 2, 3), PIXEL_MAX)
+        frames = ssim_map(ref.permute(1, 0, 2, 3), out.permute(1, 0, 2, 3), PIXEL_MAX)
         self.ssim_sum += float(frames.sum())
         self.ssim_positions += frames.numel()
 

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from schemas.tokens import OPTIONAL_COLUMNS
+
 log = logging.getLogger(__name__)
 
 # scalar columns copied into every item when the file has them
@@ -42,12 +44,7 @@ SCALAR_COLUMNS = (
     "width",
     "tokenizer",
     "meta",
-    # optional columns (schemas.tokens.OPTIONAL_COLUMNS), copied when the job wrote them
-    "scene_index",
-    "scene_start",
-    "motion",
-    "psnr",
-    "ssim",
+    *OPTIONAL_COLUMNS,  # copied when the job wrote them
 )
 LATENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
