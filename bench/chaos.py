@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.writers.location import OutputLocation  # noqa: E402
 from pipeline.writers.manifest import read_manifest  # noqa: E402
 from tests.fixtures.faulty_http import FaultyServer  # noqa: E402
+from tests.fixtures.procs import command_line, descendants  # noqa: E402
 
 PROCESS_KINDS = {"kill_actor": "_RayTokenizerWorker", "kill_decoder": "pipeline.readers.isolation",
                  "kill_shard_task": "ray::run_shard", "kill_driver": None}
@@ -117,28 +118,6 @@ def _driver(spec: Path) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _descendants(root: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process below `root` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent:
-                frontier.append(pid)
-                try:
-                    found.append((pid, (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()))
-                except OSError:
-                    continue
-    return found
-
-
 def _holding(proc: subprocess.Popen, uri: str, opts: dict[str, Any], timeout: float = 300) -> bool:
     """Wait until driver `proc` holds the output's lease (it is past its start-up checks)."""
     from pipeline.writers.lease import read_lease
@@ -160,7 +139,7 @@ def _killer(proc: subprocess.Popen, kind: str, delay: float, hit: Counter[str], 
     wanted = marker or "ray::run_shard"  # the driver's own kill waits for shard tasks at work too
 
     def targets() -> list[int]:
-        return [pid for pid, cmd in _descendants(proc.pid) if wanted in cmd]
+        return [pid for pid in descendants(proc.pid) if wanted in command_line(pid)]
 
     def work() -> None:
         if not _holding(proc, uri, opts):

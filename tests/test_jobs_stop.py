@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.procs import descendants
 from tests.jobs_helpers import REPO, SMALL, cli_env, read_summary, read_tokens, run_args, run_cli
 
 pytestmark = pytest.mark.slow
@@ -67,15 +68,7 @@ def _stat(pid: int) -> tuple[int, str] | None:
 
 def _descendants(root: int) -> dict[int, str]:
     """pid -> start time of every live process below `root`."""
-    stats = {int(p.name): st for p in Path("/proc").iterdir() if p.name.isdigit() and (st := _stat(int(p.name)))}
-    found, frontier = {}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, start) in stats.items():
-            if ppid == parent and pid not in found:
-                found[pid] = start
-                frontier.append(pid)
-    return found
+    return {pid: st[1] for pid in descendants(root) if (st := _stat(pid))}
 
 
 def _alive_after(procs: dict[int, str], timeout: float = 20) -> list[int]:
