@@ -16,29 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.absent import MESSAGE, site_without
+
 REPO = Path(__file__).resolve().parents[1]
 ABSENT_ON_THE_GPU_MACHINE = ["ray", "av", "decord", "webdataset", "s3fs", "pydantic", "pipeline",
                              "braceexpand", "moto", "boto3", "botocore"]
-
-BLOCKER = f'''
-import importlib.abc, sys
-
-class _Absent(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {ABSENT_ON_THE_GPU_MACHINE!r}:
-            raise ImportError(f"{{name}} is not installed on the GPU machine")
-        return None
-
-sys.meta_path.insert(0, _Absent())
-'''
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_quick_cpu_rehearsal_runs_every_section_without_the_pipeline_dependencies(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    site = site_without(tmp_path / "site", ABSENT_ON_THE_GPU_MACHINE)
     out = tmp_path / "report"
     env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}", PYTHON=sys.executable,
                GPU_CHECK_TIMEOUT_S="800")
@@ -62,4 +50,4 @@ def test_quick_cpu_rehearsal_runs_every_section_without_the_pipeline_dependencie
     markdown = (out / "gpu_check.md").read_text()
     for heading in ("## Parity", "## Encode throughput", "## Batch sweep", "## Actor pipeline"):
         assert heading in markdown
-    assert "is not installed on the GPU machine" not in proc.stdout + proc.stderr
+    assert MESSAGE not in proc.stdout + proc.stderr
