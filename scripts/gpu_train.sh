@@ -10,9 +10,10 @@
 # train_log.jsonl, gpu_train.log and the checks of the result: colour.json (flat colours,
 # scripts/colour_check.py), eval_shard3.json (data/sample shard 3, near the training domain) and
 # eval_unseen.json (data/eval, held out by source, scored once, after training). Extra arguments
-# go to `tokenmill train-tokenizer`. GPU_TRAIN_TIMEOUT_S (default 500) bounds the training; the
-# config's max_minutes stops it earlier, with a checkpoint and the export; GPU_TRAIN_MAX_CLIPS
-# (default: all) bounds each eval.
+# go to `tokenmill train-tokenizer`. GPU_TRAIN_MINUTES (default 7) is the training's max_minutes
+# (it stops there with a checkpoint and the export; reading the clips and the checks take about
+# two minutes more), so after the device check a session gives it what is left; a hard timeout
+# of 2 minutes more kills an overstaying run. GPU_TRAIN_MAX_CLIPS (default: all) bounds each eval.
 # The rehearsal on a CPU: bash scripts/gpu_train.sh out/rehearsal --set steps=2 --set batch_size=1
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -39,8 +40,10 @@ export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
           torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tee -a "$log"
 run="$out/../gpu_train_run"  # checkpoints with optimizer state stay out of OUT_DIR (too large to return)
-timeout -k 10 "${GPU_TRAIN_TIMEOUT_S:-500}" "$py" -m jobs.cli train-tokenizer examples/train_bundled_gpu.yaml \
-    --set "output_dir=$run" --set "export.path=$out/model.pt" "$@" 2>&1 | tee -a "$log"
+minutes="${GPU_TRAIN_MINUTES:-7}"
+timeout -k 10 "$(awk -v m="$minutes" 'BEGIN { print int(m * 60 + 120) }')" \
+    "$py" -m jobs.cli train-tokenizer examples/train_bundled_gpu.yaml --set "output_dir=$run" \
+    --set "export.path=$out/model.pt" --set "max_minutes=$minutes" "$@" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 cp "$run/train_log.jsonl" "$out/" 2>/dev/null
 if [ -f "$out/model.pt" ]; then

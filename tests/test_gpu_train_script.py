@@ -37,7 +37,7 @@ def test_gpu_config_continues_stage_three_on_its_data_and_loss():
 def test_rehearsal_trains_exports_and_checks_without_the_cluster_libraries(tmp_path):
     site = site_without(tmp_path / "site", ABSENT_ON_THE_GPU_MACHINE)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(site), PYTHON=sys.executable, GPU_TRAIN_TIMEOUT_S="400",
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHON=sys.executable, GPU_TRAIN_MINUTES="4",
                GPU_TRAIN_MAX_CLIPS="2")
     args = ["--set", "data.shards=[../data/sample/shards-000000.tar]", "--set", "data.stride=1000",
             "--set", "steps=1", "--set", "batch_size=1", "--set", "log_every=1"]
