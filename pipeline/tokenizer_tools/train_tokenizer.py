@@ -71,9 +71,10 @@ class ClipBank:
             if self.colour:
                 recolours.append(_recolour_draw(generator))
         video = torch.stack(items).to(device, non_blocking=True).float()
-        for clip, (order, factor) in zip(video, recolours, strict=False):
-            grey = clip.mean(0, keepdim=True)
-            clip.copy_((grey + (clip[order.to(clip.device)] - grey) * factor).clamp_(0.0, 255.0))
+        if self.colour:
+            for clip, (order, factor) in zip(video, recolours, strict=True):
+                grey = clip.mean(0, keepdim=True)
+                clip.copy_((grey + (clip[order.to(clip.device)] - grey) * factor).clamp_(0.0, 255.0))
         return video.div_(127.5).sub_(1.0)
 
 
