@@ -63,7 +63,7 @@ def _reset_peak() -> None:
         pass
 
 
-def _official_eager(name: str, official_path: str | None) -> Any:
+def official_eager(name: str, official_path: str | None) -> Any:
     if official_path:
         sys.path.insert(0, official_path)
     try:
@@ -93,7 +93,7 @@ def _implementation(impl: str, native: Any, job: dict[str, Any]) -> tuple[Fn, Fn
     if impl == "native":
         return native.encode, native.decode
     if impl == "eager":
-        ref = _official_eager(native.config.name, job.get("official_path"))
+        ref = official_eager(native.config.name, job.get("official_path"))
         ref.load_state_dict({k: v.contiguous() for k, v in native.state_dict().items()}, strict=True)
         if native.config.discrete:
             ref.quantizer.dtype = torch.float32

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tokenizer import _official_eager  # noqa: E402
+from bench_tokenizer import official_eager  # noqa: E402
 
 import tokenizer_core as tc  # noqa: E402
 
@@ -34,7 +34,7 @@ def trace(preset: str, official_path: str, out: Path, shape: tuple[int, int, int
         with torch.no_grad():
             for p in native.quant_conv.parameters():
                 p.mul_(200.0)
-    ref = _official_eager(preset, official_path)
+    ref = official_eager(preset, official_path)
     ref.load_state_dict({k: v.contiguous() for k, v in native.state_dict().items()}, strict=True)
     if native.config.discrete:
         ref.quantizer.dtype = torch.float32
