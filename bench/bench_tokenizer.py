@@ -157,7 +157,6 @@ def time_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def memory_worker(job: dict[str, Any]) -> dict[str, Any]:
-
     fns, arg = _setup(job, [job["impl"]])
     fn = fns[job["impl"]]
     _call(fn, arg)  # warm-up (oneDNN primitives, the TorchScript profiling run), as measured: no_grad

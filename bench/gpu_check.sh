@@ -9,12 +9,8 @@
 # measurements after --budget-s (default 420) and rewrites its reports after every section.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-out="${OUT:-out/gpu_check}"
-if [[ $# -gt 0 && "$1" != -* ]]; then
-    out="$1"
-    shift
-fi
-mkdir -p "$out"
+default_out=out/gpu_check
+source scripts/device_out.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "${PYTHON:-python3}" -c 'import torch, numpy, cv2; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' \
     2>&1 | tee "$out/gpu_check.log"

@@ -17,13 +17,8 @@
 # The rehearsal on a CPU: bash scripts/gpu_train.sh out/rehearsal --set steps=2 --set batch_size=1
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-out="${OUT:-out/gpu_train}"
-if [[ $# -gt 0 && "$1" != -* ]]; then
-    out="$1"
-    shift
-fi
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+default_out=out/gpu_train
+source scripts/device_out.sh
 py="${PYTHON:-python3}"
 log="$out/gpu_train.log"
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
