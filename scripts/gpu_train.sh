@@ -29,7 +29,7 @@ limit=()
 site="$(mktemp -d)"
 if [ -d .whl ]; then  # the wheels this machine lacks (pip picks the ones for its python)
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" --find-links .whl \
-        pydantic pydantic-core annotated-types typing-inspection braceexpand av 2>&1 | tee -a "$log" || exit 2
+        -r scripts/device_wheels.txt 2>&1 | tee -a "$log" || exit 2
 fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
