@@ -4,11 +4,12 @@
 # Prepare it here with scripts/prepare_gpu_train.sh, then on the device (python3 with a CUDA
 # torch, PyYAML, fsspec; nothing fetched):
 #
-#   bash scripts/gpu_train.sh [OUT_DIR] [--set K=V ...]     carry: .whl data/train data/eval
+#   bash scripts/gpu_train.sh [OUT_DIR] [--set K=V ...]     carry: .whl data/train data/val data/eval
 #
 # OUT_DIR (default $OUT, else out/gpu_train) receives model.pt (fp16, the EMA weights),
 # train_log.jsonl, gpu_train.log and the checks of the result: colour.json (flat colours,
-# scripts/colour_check.py), eval_shard3.json (data/sample shard 3, near the training domain) and
+# scripts/colour_check.py), eval_shard3.json (data/sample shard 3, near the training domain),
+# eval_val.json (data/val, held out by source: what decides whether the result is shipped) and
 # eval_unseen.json (data/eval, held out by source, scored once, after training). Extra arguments
 # go to `tokenmill train-tokenizer`. GPU_TRAIN_MINUTES (default 7) is the training's max_minutes
 # (it stops there with a checkpoint and the export; reading the clips and the checks take about
@@ -24,8 +25,8 @@ log="$out/gpu_train.log"
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 limit=()
 [ -n "${GPU_TRAIN_MAX_CLIPS:-}" ] && limit=(--max-clips "$GPU_TRAIN_MAX_CLIPS")
-[ -f data/train/shards-000000.tar ] || echo "gpu_train: data/train is missing (scripts/prepare_gpu_train.sh" \
-    "builds it; carry it), so the config's shards will not all be found" | tee "$log"
+[ -f data/train/packages-000000.tar ] || echo "gpu_train: data/train (with packages-*.tar) is missing" \
+    "(scripts/prepare_gpu_train.sh builds it; carry it), so the config's shards will not all be found" | tee "$log"
 site="$(mktemp -d)"
 if [ -d .whl ]; then  # the wheels this machine lacks (pip picks the ones for its python)
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" --find-links .whl \
@@ -45,15 +46,17 @@ if [ -f "$out/model.pt" ]; then
     "$py" scripts/colour_check.py --tokenizer "$out/model.pt" --json "$out/colour.json" 2>&1 | tee -a "$log"
     "$py" -m jobs.cli eval --tokenizer "$out/model.pt" --shards data/sample/shards-000003.tar --json "${limit[@]}" \
         > "$out/eval_shard3.json" 2>> "$log"
-    if [ -f data/eval/shards-000000.tar ]; then
-        "$py" -m jobs.cli eval --tokenizer "$out/model.pt" --shards 'data/eval/shards-*.tar' --json "${limit[@]}" \
-            > "$out/eval_unseen.json" 2>> "$log"
-    fi
+    for set in val:eval_val eval:eval_unseen; do
+        if [ -f "data/${set%%:*}/shards-000000.tar" ]; then
+            "$py" -m jobs.cli eval --tokenizer "$out/model.pt" --shards "data/${set%%:*}/shards-*.tar" --json \
+                "${limit[@]}" > "$out/${set#*:}.json" 2>> "$log"
+        fi
+    done
     "$py" - "$out" <<'PY' 2>&1 | tee -a "$log"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("eval_shard3.json", "eval_unseen.json"):
+for name in ("eval_shard3.json", "eval_val.json", "eval_unseen.json"):
     if (out / name).is_file() and (out / name).stat().st_size:
         s = json.loads((out / name).read_text())
         print(f"{name}: {s['clips']} clips, {s['psnr']:.2f} dB vs baseline {s['baseline_psnr']:.2f} dB "

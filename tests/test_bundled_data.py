@@ -36,7 +36,16 @@ def test_tiny_eval_shards_decode_with_one_clip_per_video(tmp_path):
     assert all(c.frames.std() > 5 for c in clips)  # real pictures, not blank frames
 
 
-@pytest.mark.parametrize("name", ["train_bundled_broad.yaml", "screen_width.yaml"])
+def test_tiny_training_shards_need_no_package_download(tmp_path):
+    """--tiny films two installed photos (no wheel is fetched) and writes no packages-*.tar."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_train_data.py"), "--tiny", "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    assert [s.name for s in sorted(tmp_path.glob("*.tar"))] == ["shards-000000.tar"]
+    clips = list(iter_eval_clips([str(s) for s in sorted(tmp_path.glob("*.tar"))], 9, (48, 48)))
+    assert len(clips) >= 4 and all(c.frames.std() > 5 for c in clips)
+
+
+@pytest.mark.parametrize("name", ["train_bundled_broad.yaml", "train_bundled_packages.yaml", "screen_width.yaml"])
 def test_new_training_configs_parse(name):
     cfg = load_train_config(str(ROOT / "examples" / name))
     assert cfg.device == "auto"
