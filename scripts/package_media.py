@@ -37,6 +37,11 @@ class Media:
     split: str      # "train" or "val"
     caption: str
 
+    @property
+    def clip(self) -> bool:
+        """A video file (the others are pictures)."""
+        return self.member.endswith(".mp4")
+
 
 GRADIO = ("gradio-6.31.0-py3-none-any.whl", "gradio==6.31.0")
 MAHOTAS = ("mahotas-1.4.18-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "mahotas==1.4.18")
