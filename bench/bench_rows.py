@@ -10,7 +10,8 @@ seeded random weights: memory and time do not depend on their values): `encode` 
 chunk, never whole in memory), without and with scoring. Reported per case: peak RSS growth
 during the work (VmHWM after minus VmRSS before, high-water mark reset first; glibc serves blocks
 over 1 MiB by mmap so freed tensors leave RSS), CPU seconds, and for streams the temporal-attention
-key/value cache at the row's last chunk, measured on the modules. A 10-minute 720p video is too
+cache (every past frame's normalised input at the bottleneck) at the row's last chunk, measured on
+the modules. A 10-minute 720p video is too
 slow to encode on a CPU here (one 17-frame 720p clip of DV8x16x16 took 245 s), so the output also
 extrapolates the measured per-latent-frame cache to 720p and 10 minutes at 30 fps.
 """
@@ -31,7 +32,7 @@ from bench_tokenizer import _rss_kib  # beside this script: VmRSS / VmHWM of thi
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _kv_bytes(worker: Any) -> int:
+def _attention_cache_bytes(worker: Any) -> int:
     streams = getattr(worker, "_streams", None)
     if streams is None:
         return 0
@@ -39,7 +40,7 @@ def _kv_bytes(worker: Any) -> int:
     for stream in streams.streams.values():
         for side in (stream.encoder, stream.decoder):
             for state in (side._state if side is not None else []):
-                total += sum(t.nbytes for key in ("k", "v") for t in state.get(key, []))
+                total += sum(t.nbytes for t in state.get("h", []))
     return total
 
 
@@ -60,7 +61,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     tok.encode(frames(1 + tok.tok.config.temporal_compression))  # warm-up (oneDNN kernels)
     before = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
-    start, kv = time.process_time(), 0
+    start, cache = time.process_time(), 0
     if job["mode"] in ("clip", "clip_scored"):
         clip = frames(17)
         tok.encode(clip) if job["mode"] == "clip" else tok.encode_scored(clip, [True])
@@ -69,10 +70,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         for part, n in enumerate(sizes):
             final = part == len(sizes) - 1
             if final:
-                kv = _kv_bytes(tok)
+                cache = _attention_cache_bytes(tok)
             tok.stream_encode("bench", part, frames(n), final, job["mode"] == "stream_scored")
     return {"cpu_s": round(time.process_time() - start, 2),
-            "peak_growth_mib": round((_rss_kib("VmHWM") - before) / 1024, 1), "kv_cache_mib": round(kv / 2**20, 2)}
+            "peak_growth_mib": round((_rss_kib("VmHWM") - before) / 1024, 1), "attention_cache_mib": round(cache / 2**20, 2)}
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
@@ -90,12 +91,12 @@ def _extrapolate(results: list[dict[str, Any]], temporal: int, spatial: int, siz
     longest = max((r for r in results if r["mode"] == "stream"), key=lambda r: r["frames"])
     cached = (longest["frames"] - longest["chunk"] - 1) // temporal + 1  # latent frames before the last chunk
     cells = (size[0] // spatial) * (size[1] // spatial)
-    per_cell = longest["kv_cache_mib"] * 2**20 / (cached * cells)
+    per_cell = longest["attention_cache_mib"] * 2**20 / (cached * cells)
     cells_720p = (720 // spatial) * (1280 // spatial)
     latents_10min = 1 + (10 * 60 * 30 - 1) // temporal
-    return {"kv_bytes_per_latent_frame_per_cell": round(per_cell, 1),
-            "kv_mib_per_latent_frame_720p": round(per_cell * cells_720p / 2**20, 2),
-            "kv_gib_10min_720p_30fps": round(per_cell * cells_720p * latents_10min / 2**30, 1)}
+    return {"cache_bytes_per_latent_frame_per_cell": round(per_cell, 1),
+            "cache_mib_per_latent_frame_720p": round(per_cell * cells_720p / 2**20, 2),
+            "cache_gib_10min_720p_30fps": round(per_cell * cells_720p * latents_10min / 2**30, 1)}
 
 
 def main() -> None:

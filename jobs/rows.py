@@ -10,7 +10,7 @@ All chunks of a row go to one actor (the stream's causal state lives there). Chu
 without waiting; on the actor they run in their own concurrency group of one thread, so in
 submission order, beside the batch calls, and compute under the model's compute lock (a chunk
 that still finds its predecessor missing waits TURN_TIMEOUT_S, then counts as lost). Actor
-memory is bounded by the chunk (plus temporal attention's key/value cache, which grows with the
+memory is bounded by the chunk (plus temporal attention's cache of past frames, which grows with the
 row: see docs/tokenizer.md). The shard task keeps the row's chunks in the object store until the
 row is written (Ray spills them to disk when large; `clips.max_frames` bounds a row): if the
 actor dies, or no longer holds the session, the row restarts on another actor from its first

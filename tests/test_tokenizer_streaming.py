@@ -50,6 +50,30 @@ def test_stream_decode_equals_full_pass(name: str) -> None:
         assert (out - full).abs().max() <= 1e-5 * max(1.0, float(full.abs().max()))
 
 
+def test_stream_attention_caches_normalised_input_and_matches_with_biases() -> None:
+    """Temporal attention keeps one [positions, T, C] block per chunk (not keys and values), and
+    its rewritten scores/values equal the full pass also with nonzero key/value biases."""
+    from tokenizer_core.attention3d import CausalTemporalAttnBlock
+
+    tok = spread_tokenizer("CV8x8x8-tiny")
+    blocks = [m for m in tok.encoder.modules() if isinstance(m, CausalTemporalAttnBlock)]
+    with torch.no_grad():
+        for m in blocks:
+            for conv in (m.k, m.v):
+                conv.conv3d.bias.copy_(torch.randn(conv.conv3d.bias.shape, generator=torch.Generator().manual_seed(3)))
+    x = _video(1 + 4 * 8)
+    session = tok.stream_session("encode")
+    parts = [tok.encode_chunk(session, part) for part in (x[:, :, :9], x[:, :, 9:17], x[:, :, 17:33])]
+    assert (torch.cat(parts, dim=2) - tok.encode(x)).abs().max() <= 1e-5
+    states = [state for module, state in zip(session._modules, session._state, strict=True) if module in blocks]
+    assert states and all(set(state) == {"h"} for state in states)
+    channels = blocks[0].k.conv3d.in_channels
+    latent_frames = parts[0].shape[2] + parts[1].shape[2] + parts[2].shape[2]
+    cells = parts[0].shape[3] * parts[0].shape[4]
+    assert sum(b.shape[2] for b in states[0]["h"]) == latent_frames
+    assert sum(b.numel() for b in states[0]["h"]) == latent_frames * cells * channels
+
+
 def test_encode_stream_accepts_an_iterator_of_chunks() -> None:
     """Chunks can come from a reader one at a time; outputs arrive per chunk."""
     tok = spread_tokenizer("CV8x8x8-tiny")

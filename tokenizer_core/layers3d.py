@@ -8,7 +8,7 @@ Shapes: x [B, C, T, H, W] throughout. Module and parameter names follow NVIDIA's
 Causality: every temporal operator only looks back. The front of the clip is padded by repeating
 its first frame, norms are per frame, temporal attention is lower-triangular. That makes a
 streaming mode possible: a module whose `_stream` attribute is a dict keeps the frames it has not
-consumed yet (and attention keys/values) there, so that a video fed chunk by chunk gives the same
+consumed yet (and temporal attention its past frames) there, so that a video fed chunk by chunk gives the same
 result as one pass over the whole video (see `tokenizer_core/streaming.py`).
 """
 

@@ -5,7 +5,7 @@ temporal attention) hold a `_stream` attribute: None for an ordinary full pass, 
 streaming. A `StreamSession` owns one such dict per module and lends them to the modules only
 while one of its calls runs (`with session.active():`); there they keep the input frames they
 have not consumed yet (at most kernel-1 frames per conv) and, for temporal attention, the
-keys/values of all past frames at the bottleneck resolution. Chunked output then equals one
+normalised input of all past frames at the bottleneck resolution. Chunked output then equals one
 full pass up to float rounding.
 
 Between calls the state lives in the session, not on the modules: one model object can serve
