@@ -49,6 +49,10 @@ VAL_PHOTOS = [
     ("gradio_cheetah_cub", "zoom", (320, 320)),
     ("gradio_tower", "tilt", (256, 384)),
     ("ultralytics_zidane", "handheld", (480, 270)),
+    ("insightface_t1", "rotate", (448, 304)),
+    ("mahotas_luispedro", "zoom", (256, 336)),
+    ("imagecorruptions_frost_blue", "pan", (400, 272)),
+    ("imagecorruptions_frost_grey", "handheld", (320, 320)),
 ]
 # AV1 (libsvtav1) encodes here, but decord, the data plane's default decoder, cannot read it
 SECOND_CODECS = ("vp9", "hevc")

@@ -47,6 +47,8 @@ GRADIO = ("gradio-6.31.0-py3-none-any.whl", "gradio==6.31.0")
 MAHOTAS = ("mahotas-1.4.18-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "mahotas==1.4.18")
 CARTOPY = ("Cartopy-0.24.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "cartopy==0.24.1")
 ULTRALYTICS = ("ultralytics-8.4.190-py3-none-any.whl", "ultralytics==8.4.190")
+INSIGHTFACE = ("insightface-2.1-py3-none-any.whl", "insightface==2.1")
+IMAGECORRUPTIONS = ("imagecorruptions-1.1.2-py3-none-any.whl", "imagecorruptions==1.1.2")
 
 MEDIA = [
     Media("gradio_groot", *GRADIO, "gradio/media_assets/images/groot.jpeg", "train", "a film still: a wooden face"),
@@ -71,6 +73,14 @@ MEDIA = [
     Media("gradio_tower", *GRADIO, "gradio/media_assets/images/tower.jpg", "val",
           "the Eiffel tower lit against a blue sky (portrait)"),
     Media("ultralytics_zidane", *ULTRALYTICS, "ultralytics/assets/zidane.jpg", "val", "two men in suits, a crowd"),
+    Media("insightface_t1", *INSIGHTFACE, "insightface/data/images/t1.jpg", "val",
+          "six people round a card table, warm indoor light"),
+    Media("mahotas_luispedro", *MAHOTAS, "mahotas/tests/data/luispedro.npy", "val",
+          "a man's face before a glass building (portrait)"),
+    Media("imagecorruptions_frost_blue", *IMAGECORRUPTIONS, "imagecorruptions/frost/frost1.png", "val",
+          "blue frost on a window"),
+    Media("imagecorruptions_frost_grey", *IMAGECORRUPTIONS, "imagecorruptions/frost/frost5.jpg", "val",
+          "grey frost crystals, fine texture"),
 ]
 
 
@@ -95,9 +105,12 @@ def read_bytes(media: Media, cache: Path = DEFAULT_CACHE) -> bytes:
 
 def read_image(media: Media, cache: Path = DEFAULT_CACHE) -> Image.Image:
     data = read_bytes(media, cache)
-    if media.member.endswith(".npz"):
-        array = np.load(io.BytesIO(data))["data"]
-        return Image.fromarray(np.repeat(array[..., None], 3, axis=2).astype(np.uint8))
+    if media.member.endswith((".npz", ".npy")):
+        array = np.load(io.BytesIO(data))
+        array = array["data"] if media.member.endswith(".npz") else array
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        return Image.fromarray(array.astype(np.uint8))
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 

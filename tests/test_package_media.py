@@ -30,18 +30,22 @@ def test_validation_sources_are_never_training_sources():
 def test_reads_members_out_of_a_cached_wheel_without_downloading(tmp_path):
     photo = np.zeros((6, 8, 3), np.uint8)
     photo[:, :4] = (255, 40, 0)
-    jpeg, grey = io.BytesIO(), io.BytesIO()
+    jpeg, grey, colour = io.BytesIO(), io.BytesIO(), io.BytesIO()
     Image.fromarray(photo).save(jpeg, format="PNG")
     np.savez(grey, data=np.full((4, 5), 77, np.uint8))
+    np.save(colour, photo)
     media = replace(package_media.MEDIA[0], wheel="demo-1.0-py3-none-any.whl", requirement="demo==1.0",
                     member="demo/photo.png")
     with zipfile.ZipFile(tmp_path / media.wheel, "w") as wheel:
         wheel.writestr("demo/photo.png", jpeg.getvalue())
         wheel.writestr("demo/grey.npz", grey.getvalue())
+        wheel.writestr("demo/colour.npy", colour.getvalue())
     image = package_media.read_image(media, tmp_path)
     assert image.size == (8, 6) and image.getpixel((0, 0)) == (255, 40, 0)
     npz = package_media.read_image(replace(media, member="demo/grey.npz"), tmp_path)
     assert npz.mode == "RGB" and npz.size == (5, 4) and npz.getpixel((0, 0)) == (77, 77, 77)
+    npy = package_media.read_image(replace(media, member="demo/colour.npy"), tmp_path)
+    assert npy.size == (8, 6) and npy.getpixel((0, 0)) == (255, 40, 0) and npy.getpixel((7, 0)) == (0, 0, 0)
 
 
 def test_a_wheel_that_cannot_be_downloaded_says_which(tmp_path):
