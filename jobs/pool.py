@@ -258,8 +258,23 @@ class ActorPool:
         log.info("roster %d: %d tokenizer actors on %d nodes", self._version, len(ready), len({n for *_, n in ready}))
 
     def stats(self) -> list[dict[str, Any]]:
-        """Last counters of every actor ever started (for progress and the summary)."""
-        return [dict(m.stats, actor=i, name=m.name) for i, m in enumerate(self.members)]
+        """Last answered counters of every actor ever started (for progress); {} before any."""
+        return [m.stats for m in self.members]
+
+    def final_stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Every actor's counters read once more (for the summary): waited for together, so a
+        lost actor costs `timeout` once and keeps its last answer."""
+        import ray
+
+        refs = [m.handle.stats.remote() for m in self.members]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for m, ref in zip(self.members, refs, strict=True):
+            try:
+                m.stats = ray.get(ref, timeout=0)
+            except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
+                log.debug("actor %s gave no final stats: %s", m.name, exc)
+        return self.stats()
 
 
 class ShardLauncher:

@@ -1,8 +1,9 @@
 """Live progress on the driver: a tqdm bar on a terminal, and Ray metrics for dashboards.
 
 Finished shards, clips and tokens come from the manifest records the dispatcher collects;
-in-flight rates (frames/s, tokens/s) come from the tokenizer actors' own counters, polled
-without blocking (each actor answers `stats` from a separate concurrency group). The same
+in-flight rates (frames/s, tokens/s) come from the tokenizer actors' own counters, as the actor
+pool's pings last brought them back (jobs/pool.py: each actor answers `stats` from a separate
+concurrency group, so a ping never waits behind a batch). The same
 figures are exported as Ray metrics (Prometheus, via the Ray metrics agent), so a cluster
 dashboard shows them without a terminal.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jobs.dispatch import DispatchResult
@@ -62,16 +64,17 @@ class _Metrics:
 
 
 class Progress:
-    """Call `tick(result, running)` often; it redraws and polls at most every POLL_S seconds."""
+    """Call `tick(result, running)` often; it redraws at most every POLL_S seconds. `actor_stats`
+    returns the actors' latest counters, one dict per actor ({} for one that has not answered)."""
 
-    def __init__(self, job: str, shards_total: int, shards_done: int, actors: list[Any], show_bar: bool):
-        self.actors = actors
+    def __init__(self, job: str, shards_total: int, shards_done: int,
+                 actor_stats: Callable[[], list[dict[str, Any]]], show_bar: bool):
+        self.read_actor_stats = actor_stats
         self.shards_total = shards_total
         self.done_before = shards_done
         self.started = time.monotonic()
         self.last_poll = 0.0
-        self.actor_stats: list[dict[str, Any]] = [{} for _ in actors]
-        self._poll_refs: list[Any] = []
+        self.actor_stats: list[dict[str, Any]] = []
         self.bar = None
         if show_bar:
             from tqdm import tqdm
@@ -84,26 +87,6 @@ class Progress:
         except Exception as exc:  # noqa: BLE001 - metrics are best effort, never fail a job
             log.debug("Ray metrics unavailable: %s", exc)
             self.metrics = None
-
-    def _poll_actors(self) -> None:
-        """Take the answers that are in, ask again those actors; a restarting actor keeps its last.
-        `actors` may grow while the job runs (the pool follows the cluster)."""
-        import ray
-
-        self.actor_stats.extend({} for _ in range(len(self.actors) - len(self.actor_stats)))
-        self._poll_refs.extend(a.stats.remote() for a in self.actors[len(self._poll_refs):])
-        if not self._poll_refs:
-            self._poll_refs = [a.stats.remote() for a in self.actors]
-            return
-        for i, ref in enumerate(self._poll_refs):
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                continue
-            try:
-                self.actor_stats[i] = ray.get(ref)
-            except Exception:  # noqa: BLE001 - a dead actor keeps its last stats
-                pass
-            self._poll_refs[i] = self.actors[i].stats.remote()
 
     def figures(self, result: DispatchResult, running: int) -> dict[str, float]:
         stats = [_record_stats(r) for r in result.records.values()]
@@ -129,12 +112,12 @@ class Progress:
         if now - self.last_poll < POLL_S and not force:
             return
         self.last_poll = now
-        self._poll_actors()
+        self.actor_stats = self.read_actor_stats()
         self._show(self.figures(result, running))
 
-    def finish(self, result: DispatchResult) -> None:
-        """Final figures: actor counters read once more (blocking briefly), bar and metrics updated."""
-        self.final_actor_stats()
+    def finish(self, result: DispatchResult, actor_stats: list[dict[str, Any]]) -> None:
+        """Final figures from the actors' last counters: bar and metrics updated."""
+        self.actor_stats = actor_stats
         self._show(self.figures(result, 0))
 
     def _show(self, fig: dict[str, float]) -> None:
@@ -148,21 +131,6 @@ class Progress:
                 f"fail={int(fig['shards_quarantined'])} retry={int(fig['retries'])}",
                 refresh=True,
             )
-
-    def final_actor_stats(self) -> list[dict[str, Any]]:
-        """Last counters of every actor (blocking briefly), for the summary."""
-        import ray
-
-        self.actor_stats.extend({} for _ in range(len(self.actors) - len(self.actor_stats)))
-        refs = [actor.stats.remote() for actor in self.actors]
-        if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=10)  # together: a lost actor costs 10 s once
-        for i, ref in enumerate(refs):
-            try:
-                self.actor_stats[i] = ray.get(ref, timeout=0)
-            except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
-                log.debug("actor %d gave no final stats: %s", i, exc)
-        return [dict(s, actor=i) for i, s in enumerate(self.actor_stats)]
 
     def close(self) -> None:
         if self.bar is not None:

@@ -101,7 +101,7 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
         # a shard task reserves the CPUs its decoder uses (the decode child runs decoder_threads threads)
         launcher = ShardLauncher(ray.remote(run_shard), {"num_cpus": spec.clips.decoder_threads, "max_retries": 0},
                                  _shard_job(spec, info, fingerprint, batch_size), pool)
-        progress = Progress(spec.name, shards_total, shards_done, pool.handles, show_progress)
+        progress = Progress(spec.name, shards_total, shards_done, pool.stats, show_progress)
         cap = max(1, len(todo))
 
         def tick(result: Any, running: int) -> None:
@@ -119,8 +119,9 @@ def _dispatch(spec: JobSpec, info: TokenizerInfo, fingerprint: dict[str, Any], t
         ready = time.time()
         result = dispatcher.run(todo)
         dispatch_seconds = time.time() - ready
-        progress.finish(result)
-        actor_stats = [dict(st, actor=i) for i, st in enumerate(progress.actor_stats)]
+        final = pool.final_stats()
+        progress.finish(result, final)
+        actor_stats = [dict(st, actor=i) for i, st in enumerate(final)]
     finally:
         if progress is not None:
             progress.close()
