@@ -13,7 +13,8 @@ video. Offline; the frames are deterministic (the H.264 bytes vary slightly betw
 scripts/synthetic_video.py). --tiny writes 2 photos at 64x48, 9 frames, for the tests.
 
 `--set val` builds the validation set the same way from other sources: the "val" photos of
-scripts/package_media.py (gradio's and ultralytics' sample pictures), used in no training data
+scripts/package_media.py (sample pictures that gradio, ultralytics, insightface, mahotas and
+imagecorruptions ship), used in no training data
 either. It is what chooses between checkpoints, so the evaluation set is scored once, at the end.
 """
 
