@@ -261,19 +261,30 @@ class ActorPool:
         """Last answered counters of every actor ever started (for progress); {} before any."""
         return [m.stats for m in self.members]
 
-    def final_stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Every actor's counters read once more (for the summary): waited for together, so a
-        lost actor costs `timeout` once and keeps its last answer."""
+    def final_stats(self, timeout: float = 40.0) -> list[dict[str, Any]]:
+        """Every actor's counters read once more (for the summary), waited for together: it
+        returns as soon as all have answered. An actor Ray is restarting after a crash refuses
+        calls until its new process has started and loaded the model (10-20 s on a loaded node),
+        so a refused read is asked again until `timeout`: the summary then shows the restarted
+        process, not the dead one's last counters. An actor lost for good costs the wait once and
+        keeps its last answer."""
         import ray
 
-        refs = [m.handle.stats.remote() for m in self.members]
-        if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        for m, ref in zip(self.members, refs, strict=True):
-            try:
-                m.stats = ray.get(ref, timeout=0)
-            except Exception as exc:  # noqa: BLE001 - a lost actor keeps its last stats
-                log.debug("actor %s gave no final stats: %s", m.name, exc)
+        deadline = time.monotonic() + timeout
+        pending = {m.handle.stats.remote(): m for m in self.members}
+        while pending and time.monotonic() < deadline:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
+            refused = False
+            for ref in ready:
+                m = pending.pop(ref)
+                try:
+                    m.stats = ray.get(ref, timeout=0)
+                except Exception as exc:  # noqa: BLE001 - restarting or lost: ask again until the deadline
+                    log.debug("actor %s gave no final stats yet: %s", m.name, exc)
+                    pending[m.handle.stats.remote()] = m
+                    refused = True
+            if refused:
+                time.sleep(0.5)
         return self.stats()
 
 
