@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Equal-time screening of width and depth for the bundled tokenizer (examples/screen_width.yaml):
 # every candidate trains from scratch side by side (one thread each, so all see the same
-# contention) for the config's max_minutes, then each is scored on the held-out-by-source set.
+# contention) for the config's max_minutes, then each is scored on the validation set (data/val),
+# which chooses; the held-out-by-source set (data/eval) is left alone.
 #   bash scripts/screen_width.sh [MINUTES] [EVAL_CLIPS]      # results: out/screen/summary.jsonl
-# Needs data/train (scripts/make_train_data.py) and data/eval (scripts/make_eval_data.py).
+#   SCREEN_CANDIDATES="c32r1:32:1 c64r1:64:1" bash scripts/screen_width.sh 30
+# Needs data/train (scripts/make_train_data.py) and data/val (scripts/make_eval_data.py --set val).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-10}
-clips=${2:-10}
+clips=${2:-16}
 export RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1
-# name channels num_res_blocks
-candidates=("c32r1 32 1" "c64r1 64 1" "c64r2 64 2")
+# name:channels:num_res_blocks
+read -r -a candidates <<< "${SCREEN_CANDIDATES:-c32r1:32:1 c64r1:64:1 c64r2:64:2}"
+
 mkdir -p out/screen
 for c in "${candidates[@]}"; do
-  read -r name ch rb <<< "$c"
+  IFS=: read -r name ch rb <<< "$c"
   .venv/bin/tokenmill train-tokenizer examples/screen_width.yaml --set "max_minutes=$minutes" \
     --set "model.overrides.channels=$ch" --set "model.overrides.num_res_blocks=$rb" \
     --set "output_dir=../out/screen/$name" > "out/screen/$name.log" 2>&1 &
@@ -21,16 +24,18 @@ done
 wait
 : > out/screen/summary.jsonl
 for c in "${candidates[@]}"; do
-  read -r name ch rb <<< "$c"
-  steps=$(tail -n 1 "out/screen/$name/train_log.jsonl" | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)['step'])")
-  .venv/bin/tokenmill eval --tokenizer "out/screen/$name/last.pt" --shards data/eval/shards-*.tar \
+  IFS=: read -r name ch rb <<< "$c"
+  .venv/bin/tokenmill eval --tokenizer "out/screen/$name/last.pt" --shards 'data/val/shards-*.tar' \
     --max-clips "$clips" --json > "out/screen/$name.eval.json"
-  .venv/bin/python - "$name" "$ch" "$rb" "$steps" "out/screen/$name.eval.json" >> out/screen/summary.jsonl <<'PY'
+  .venv/bin/python - "$name" "$ch" "$rb" "$minutes" out/screen >> out/screen/summary.jsonl <<'PY'
 import json, sys
-name, ch, rb, steps, path = sys.argv[1:]
-r = json.load(open(path))
-print(json.dumps({"name": name, "channels": int(ch), "num_res_blocks": int(rb), "steps": int(steps),
-                  "psnr": r["psnr"], "baseline_psnr": r["baseline_psnr"], "gain_db": r["psnr_gain_db"]}))
+name, ch, rb, minutes, root = sys.argv[1:]
+log = [json.loads(line) for line in open(f"{root}/{name}/train_log.jsonl")]
+r = json.load(open(f"{root}/{name}.eval.json"))
+print(json.dumps({"name": name, "channels": int(ch), "num_res_blocks": int(rb), "minutes": float(minutes),
+                  "steps": log[-1]["step"], "train_loss": sum(e["loss"] for e in log[-20:]) / len(log[-20:]),
+                  "psnr": r["psnr"], "ssim": r["ssim"], "baseline_psnr": r["baseline_psnr"],
+                  "gain_db": r["psnr_gain_db"]}))
 PY
 done
 cat out/screen/summary.jsonl
