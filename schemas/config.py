@@ -15,6 +15,7 @@ puts where the model sits in front (`clips.num_frames`).
 from __future__ import annotations
 
 import json
+import re
 import types
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -139,8 +140,20 @@ def json_schema(cls: type[Config], title: str) -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": title}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: `1e-4` is a number (YAML 1.2), not the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _parse(text: Any) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+
+
 def set_dotted(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=VALUE` override; VALUE is parsed as YAML (so `3`, `null`, `[1,2]` work)."""
+    """Apply one `a.b.c=VALUE` override; VALUE is parsed as YAML (so `3`, `1e-4`, `null`, `[1,2]` work)."""
     if "=" not in assignment:
         raise SpecError("--set", f"expected KEY=VALUE, got {assignment!r}")
     key, raw = assignment.split("=", 1)
@@ -153,14 +166,14 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise SpecError(".".join(parts[: i + 1]), "is not a mapping, cannot set a field inside it")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = _parse(raw) if raw.strip() else ""
 
 
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping, turning parse errors into SpecError."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = _parse(fh)
     except FileNotFoundError:
         raise SpecError("", f"spec file not found: {path}") from None
     except yaml.YAMLError as exc:

@@ -120,6 +120,16 @@ def test_set_overrides_apply_before_validation(tmp_path):
         parse_job_spec(_spec(), str(tmp_path), ["clips.num_frames=abc"])
 
 
+def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; configs and --set read it as the number users mean."""
+    path = tmp_path / "train.yaml"
+    path.write_text("data: {shards: x.tar}\nmodel: {name: DV4x8x8}\noutput_dir: o\nsteps: 10\noptim: {lr: 3e-4, weight_decay: 1E-2}\n")
+    cfg = load_train_config(str(path), ["optim.min_lr_ratio=5e-2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.min_lr_ratio) == (3e-4, 1e-2, 5e-2)
+    spec = parse_job_spec(_spec(), str(tmp_path), ["clips.fps=1e1", "name=1e3x"])
+    assert spec.clips.fps == 10.0 and spec.name == "1e3x"
+
+
 def test_redacted_spec_hides_storage_secrets(tmp_path):
     spec = parse_job_spec(
         _spec(input={"storage_options": {"key": "AKIA-SECRET", "secret": "hunter2"}}), str(tmp_path)
