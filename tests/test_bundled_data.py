@@ -56,3 +56,19 @@ def test_new_training_configs_parse(name):
     assert cfg.device == "auto"
     shards = cfg.data.shards if isinstance(cfg.data.shards, list) else [cfg.data.shards]
     assert any("data/train" in s for s in shards)
+
+
+def test_h264_encode_of_the_same_frames_is_the_same_file():
+    """Data builds are reproducible: libx264 with its assembly paths gave 2-3 different files in 8
+    encodes of these frames (448x256, a size where it varied), so a rebuilt data/train trained
+    differently. Six encodes must now give one file."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from make_train_data import procedural
+        from synthetic_video import encode
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    import numpy as np
+
+    video = procedural((448, 256), 33, np.random.default_rng(3))
+    assert len({encode([f.copy() for f in video], "h264") for _ in range(6)}) == 1
