@@ -146,26 +146,31 @@ def test_loss_terms_are_weighted_sums_of_their_definitions():
 
 
 def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_result():
-    """scripts/train_bundled.sh trains examples/train_narrow.yaml, which exports the bundled file;
-    the shipped file's recorded config is that config (weights retrained with another recipe
-    fail), and no other example config writes over the shipped file."""
+    """scripts/train_bundled.sh trains examples/train_narrow.yaml from scratch, then
+    examples/train_narrow_more.yaml from its export, which writes the bundled file; the shipped
+    file's recorded config is stage two's (weights retrained with another recipe fail), and no
+    other example config writes over the shipped file."""
     root = Path(__file__).resolve().parents[1]
-    narrow = load_train_config(str(root / "examples" / "train_narrow.yaml"))
+    first = load_train_config(str(root / "examples" / "train_narrow.yaml"))
+    second = load_train_config(str(root / "examples" / "train_narrow_more.yaml"))
     bundled = root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
-    assert narrow.model.init == "random" and narrow.export is not None and Path(narrow.export.path) == bundled
-    assert "train_narrow.yaml" in (root / "scripts" / "train_bundled.sh").read_text()
+    assert first.model.init == "random" and first.export is not None
+    assert second.model.init == "pretrained" and Path(second.model.name) == Path(first.export.path)
+    assert second.export is not None and Path(second.export.path) == bundled
+    script = (root / "scripts" / "train_bundled.sh").read_text()
+    assert 0 <= script.index("train_narrow.yaml") < script.index("train_narrow_more.yaml")
     for other in sorted((root / "examples").glob("train_*.yaml")):
-        if other.name != "train_narrow.yaml":
+        if other.name != "train_narrow_more.yaml":
             cfg = load_train_config(str(other))
             assert cfg.export is None or Path(cfg.export.path) != bundled, other.name
     recorded = torch.load(bundled, weights_only=True)["extra"]
     # through the schema, as any recorded config is read: keys added since take their defaults
     made_by = from_dict(TrainConfig, recorded["train_config"]).to_dict()
-    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, narrow.to_dict()))
+    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, second.to_dict()))
     for paths in (made_by, recipe):  # absolute paths of the machine that trained it
         del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
     assert made_by == recipe
-    assert 0 < recorded["steps"] <= narrow.steps  # max_minutes may end a run early
+    assert 0 < recorded["steps"] <= second.steps  # max_minutes may end a run early
 
 
 def test_colour_augmentation_reorders_channels_and_scales_saturation():
