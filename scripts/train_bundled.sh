@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Retrains the bundled tokenizer DV4x8x8-mill from random init (see its MODEL_CARD.md): channels 32,
-# 64x64 crops of the broader data of scripts/make_train_data.py and the sample clips, in two stages
-# of similar length on two quiet cores: examples/train_narrow.yaml from scratch (73 minutes, to
-# out/), then examples/train_narrow_more.yaml from its weights with a warm restart (52 minutes,
-# written over the bundled file); then scored on the held-out-by-source eval set. Rerunning it after
-# an interruption resumes from the stage's out/train-narrow{,-more}/last.pt; a finished stage only
-# re-exports its result.
+# 64x64 crops of the broader data of scripts/make_train_data.py and the sample clips, in three
+# stages on two cores: examples/train_narrow.yaml from scratch (73 minutes), then
+# examples/train_narrow_more.yaml (52 minutes) and examples/train_narrow_stage3.yaml (61 minutes on
+# a slower day), each from the one before with a warm restart; the first two export to out/, the
+# third over the bundled file; then scored on the held-out-by-source eval set. Rerunning it after
+# an interruption resumes from the stage's out/train-narrow{,-more,-stage3}/last.pt; a finished
+# stage only re-exports its result.
 # The previous 64-channel model's three stages are examples/train_bundled{,_finetune,_broad}.yaml.
 # On a GPU machine the same commands run on CUDA (device: auto, bf16 autocast).
 set -euo pipefail
@@ -16,4 +17,5 @@ export RAY_USAGE_STATS_ENABLED=0
 [ -f data/eval/shards-000000.tar ] || .venv/bin/python scripts/make_eval_data.py
 .venv/bin/tokenmill train-tokenizer examples/train_narrow.yaml
 .venv/bin/tokenmill train-tokenizer examples/train_narrow_more.yaml
+.venv/bin/tokenmill train-tokenizer examples/train_narrow_stage3.yaml
 .venv/bin/tokenmill eval --tokenizer DV4x8x8-mill --shards 'data/eval/shards-*.tar'

@@ -147,30 +147,34 @@ def test_loss_terms_are_weighted_sums_of_their_definitions():
 
 def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_result():
     """scripts/train_bundled.sh trains examples/train_narrow.yaml from scratch, then
-    examples/train_narrow_more.yaml from its export, which writes the bundled file; the shipped
-    file's recorded config is stage two's (weights retrained with another recipe fail), and no
-    other example config writes over the shipped file."""
+    train_narrow_more.yaml from its export and train_narrow_stage3.yaml from that one's, which
+    writes the bundled file; the shipped file's recorded config is stage three's (weights retrained
+    with another recipe fail), and no other example config writes over the shipped file."""
     root = Path(__file__).resolve().parents[1]
-    first = load_train_config(str(root / "examples" / "train_narrow.yaml"))
-    second = load_train_config(str(root / "examples" / "train_narrow_more.yaml"))
+    stages = ["train_narrow.yaml", "train_narrow_more.yaml", "train_narrow_stage3.yaml"]
+    configs = [load_train_config(str(root / "examples" / name)) for name in stages]
     bundled = root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
-    assert first.model.init == "random" and first.export is not None
-    assert second.model.init == "pretrained" and Path(second.model.name) == Path(first.export.path)
-    assert second.export is not None and Path(second.export.path) == bundled
+    assert configs[0].model.init == "random"
+    for before, after in zip(configs, configs[1:], strict=False):
+        assert before.export is not None and Path(before.export.path) != bundled
+        assert after.model.init == "pretrained" and Path(after.model.name) == Path(before.export.path)
+    last = configs[-1]
+    assert last.export is not None and Path(last.export.path) == bundled
     script = (root / "scripts" / "train_bundled.sh").read_text()
-    assert 0 <= script.index("train_narrow.yaml") < script.index("train_narrow_more.yaml")
+    positions = [script.index(f"train-tokenizer examples/{name}") for name in stages]
+    assert positions == sorted(positions)
     for other in sorted((root / "examples").glob("train_*.yaml")):
-        if other.name != "train_narrow_more.yaml":
+        if other.name != stages[-1]:
             cfg = load_train_config(str(other))
             assert cfg.export is None or Path(cfg.export.path) != bundled, other.name
     recorded = torch.load(bundled, weights_only=True)["extra"]
     # through the schema, as any recorded config is read: keys added since take their defaults
     made_by = from_dict(TrainConfig, recorded["train_config"]).to_dict()
-    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, second.to_dict()))
+    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, last.to_dict()))
     for paths in (made_by, recipe):  # absolute paths of the machine that trained it
         del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
     assert made_by == recipe
-    assert 0 < recorded["steps"] <= second.steps  # max_minutes may end a run early
+    assert 0 < recorded["steps"] <= last.steps  # max_minutes may end a run early
 
 
 def test_colour_augmentation_reorders_channels_and_scales_saturation():
