@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -155,7 +156,7 @@ def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_
     configs = [load_train_config(str(root / "examples" / name)) for name in stages]
     bundled = root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
     assert configs[0].model.init == "random"
-    for before, after in zip(configs, configs[1:], strict=False):
+    for before, after in itertools.pairwise(configs):
         assert before.export is not None and Path(before.export.path) != bundled
         assert after.model.init == "pretrained" and Path(after.model.name) == Path(before.export.path)
     last = configs[-1]
