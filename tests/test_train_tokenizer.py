@@ -151,8 +151,8 @@ def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_
     train_narrow_more.yaml, train_narrow_stage3.yaml, train_narrow_stage4.yaml,
     train_narrow_stage6.yaml and train_narrow_stage7.yaml, each from the export of the one before
     (stage five is a side branch from stage four); the last writes the bundled file, whose
-    recorded config is stage seven's (weights retrained with another recipe fail), and no other example config writes over
-    the shipped file."""
+    recorded config is stage seven's (weights retrained with another recipe fail), and no other
+    example config writes over the shipped file."""
     root = Path(__file__).resolve().parents[1]
     stages = ["train_narrow.yaml", "train_narrow_more.yaml", "train_narrow_stage3.yaml",
               "train_narrow_stage4.yaml", "train_narrow_stage6.yaml", "train_narrow_stage7.yaml"]
