@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,15 +33,19 @@ def _start(out: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_records(out: Path, proc: subprocess.Popen, count: int = 1, timeout: float = 240) -> None:
+def _wait_for(out: Path, proc: subprocess.Popen, done: Callable[[], bool], what: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"driver ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
-        if len(list((out / "_manifest").glob("*.json"))) >= count:
+        if done():
             return
         time.sleep(0.2)
-    raise AssertionError("the driver recorded no shard in time")
+    raise AssertionError(f"the driver {what} in time")
+
+
+def _wait_for_records(out: Path, proc: subprocess.Popen) -> None:
+    _wait_for(out, proc, lambda: any((out / "_manifest").glob("*.json")), "recorded no shard")
 
 
 def _status(out: Path) -> dict:
@@ -82,12 +87,16 @@ def _alive_after(procs: dict[int, str], timeout: float = 20) -> list[int]:
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """Driver A is mid-job; driver B on the same output is refused; then A gets SIGTERM."""
+    """Driver A holds the output; driver B on it is refused; once A has recorded a shard, with
+    three to go, it gets SIGTERM at once (waiting for B in between gave a fast host time to
+    finish the whole job first)."""
     out = tmp_path_factory.mktemp("stop") / "out"
     a = _start(out)
-    _wait_for_records(out, a)
+    _wait_for(out, a, (out / "_lease.json").exists, "took no lease")
     b = run_cli(out, *JOB, timeout=180)
+    _wait_for_records(out, a)
     ray_procs = _descendants(a.pid)
+    assert a.poll() is None, "driver A finished before it could be stopped"
     a.send_signal(signal.SIGTERM)
     _, err = a.communicate(timeout=120)
     return out, a, b, err, ray_procs
