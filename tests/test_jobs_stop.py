@@ -33,7 +33,7 @@ def _start(out: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(out: Path, proc: subprocess.Popen, done: Callable[[], bool], what: str, timeout: float = 240) -> None:
+def _wait_for(proc: subprocess.Popen, done: Callable[[], bool], what: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -45,7 +45,7 @@ def _wait_for(out: Path, proc: subprocess.Popen, done: Callable[[], bool], what:
 
 
 def _wait_for_records(out: Path, proc: subprocess.Popen) -> None:
-    _wait_for(out, proc, lambda: any((out / "_manifest").glob("*.json")), "recorded no shard")
+    _wait_for(proc, lambda: any((out / "_manifest").glob("*.json")), "recorded no shard")
 
 
 def _status(out: Path) -> dict:
@@ -92,7 +92,7 @@ def interrupted(tmp_path_factory):
     finish the whole job first)."""
     out = tmp_path_factory.mktemp("stop") / "out"
     a = _start(out)
-    _wait_for(out, a, (out / "_lease.json").exists, "took no lease")
+    _wait_for(a, (out / "_lease.json").exists, "took no lease")
     b = run_cli(out, *JOB, timeout=180)
     _wait_for_records(out, a)
     ray_procs = _descendants(a.pid)
