@@ -148,14 +148,14 @@ def test_loss_terms_are_weighted_sums_of_their_definitions():
 
 def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_result():
     """scripts/train_bundled.sh trains examples/train_narrow.yaml from scratch, then
-    train_narrow_more.yaml, train_narrow_stage3.yaml, train_narrow_stage4.yaml,
-    train_narrow_stage6.yaml and train_narrow_stage7.yaml, each from the export of the one before
-    (stage five is a side branch from stage four); the last writes the bundled file, whose
-    recorded config is stage seven's (weights retrained with another recipe fail), and no other
-    example config writes over the shipped file."""
+    train_narrow_more.yaml, then stages three, four and six to eleven
+    (train_narrow_stage{3,4,6,...,11}.yaml), each from the export of the one before (stage five is
+    a side branch from stage four); the last writes the bundled file, whose recorded config is
+    stage eleven's (weights retrained with another recipe fail), and no other example config
+    writes over the shipped file."""
     root = Path(__file__).resolve().parents[1]
-    stages = ["train_narrow.yaml", "train_narrow_more.yaml", "train_narrow_stage3.yaml",
-              "train_narrow_stage4.yaml", "train_narrow_stage6.yaml", "train_narrow_stage7.yaml"]
+    stages = ["train_narrow.yaml", "train_narrow_more.yaml"]
+    stages += [f"train_narrow_stage{n}.yaml" for n in (3, 4, 6, 7, 8, 9, 10, 11)]
     configs = [load_train_config(str(root / "examples" / name)) for name in stages]
     bundled = root / "tokenizer_core" / "bundled" / "DV4x8x8-mill" / "model.pt"
     assert configs[0].model.init == "random"
