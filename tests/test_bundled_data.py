@@ -55,6 +55,7 @@ def test_tiny_training_shards_need_no_package_download(tmp_path):
                                   "train_narrow_stage6.yaml", "train_narrow_stage7.yaml",
                                   "train_narrow_stage8.yaml", "train_narrow_stage9.yaml", "train_narrow_stage10.yaml",
                                   "train_narrow_stage11.yaml", "train_narrow_stage12.yaml",
+                                  "train_narrow_stage13.yaml",
                                   "train_narrow_full.yaml"])
 def test_new_training_configs_parse(name):
     cfg = load_train_config(str(ROOT / "examples" / name))
