@@ -171,14 +171,32 @@ def test_bundled_recipe_writes_the_shipped_file_and_the_shipped_weights_are_its_
         if other.name != stages[-1]:
             cfg = load_train_config(str(other))
             assert cfg.export is None or Path(cfg.export.path) != bundled, other.name
-    recorded = torch.load(bundled, weights_only=True)["extra"]
+    assert_trained_by(bundled, last)
+
+
+def assert_trained_by(weights: Path, config) -> None:
+    """The config recorded in an exported file is `config` (paths aside), and the run reached at
+    most its steps."""
+    recorded = torch.load(weights, weights_only=True)["extra"]
     # through the schema, as any recorded config is read: keys added since take their defaults
     made_by = from_dict(TrainConfig, recorded["train_config"]).to_dict()
-    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, last.to_dict()))
+    made_by, recipe = (json.loads(json.dumps(c)) for c in (made_by, config.to_dict()))
     for paths in (made_by, recipe):  # absolute paths of the machine that trained it
         del paths["data"]["shards"], paths["model"]["name"], paths["output_dir"], paths["export"]
     assert made_by == recipe
-    assert 0 < recorded["steps"] <= last.steps  # max_minutes may end a run early
+    assert 0 < recorded["steps"] <= config.steps  # max_minutes may end a run early
+
+
+def test_carried_export_is_stage_thirteens_result():
+    """Stages twelve and thirteen did not ship; stage thirteen's export is kept in data/carry/
+    (out/ is git-ignored) for the next stage: it ran on from stage twelve, which ran on from the
+    shipped stage eleven, and its recorded config is stage thirteen's."""
+    root = Path(__file__).resolve().parents[1]
+    twelve, thirteen = (load_train_config(str(root / "examples" / f"train_narrow_stage{n}.yaml")) for n in (12, 13))
+    assert Path(twelve.model.name).name == "DV4x8x8-mill-narrow-stage11.pt"
+    assert twelve.export is not None and Path(thirteen.model.name) == Path(twelve.export.path)
+    assert thirteen.export is not None
+    assert_trained_by(root / "data" / "carry" / Path(thirteen.export.path).name, thirteen)
 
 
 def test_colour_augmentation_reorders_channels_and_scales_saturation():
