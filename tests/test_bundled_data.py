@@ -50,13 +50,8 @@ def test_tiny_training_shards_need_no_package_download(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["train_bundled_broad.yaml", "train_bundled_packages.yaml", "train_bundled_stage5.yaml",
-                                  "screen_width.yaml", "train_narrow.yaml", "train_narrow_more.yaml",
-                                  "train_narrow_stage3.yaml", "train_narrow_stage4.yaml", "train_narrow_stage5.yaml",
-                                  "train_narrow_stage6.yaml", "train_narrow_stage7.yaml",
-                                  "train_narrow_stage8.yaml", "train_narrow_stage9.yaml", "train_narrow_stage10.yaml",
-                                  "train_narrow_stage11.yaml", "train_narrow_stage12.yaml",
-                                  "train_narrow_stage13.yaml",
-                                  "train_narrow_full.yaml"])
+                                  "screen_width.yaml"]
+                         + sorted(p.name for p in (ROOT / "examples").glob("train_narrow*.yaml")))
 def test_new_training_configs_parse(name):
     cfg = load_train_config(str(ROOT / "examples" / name))
     assert cfg.device == "auto"
