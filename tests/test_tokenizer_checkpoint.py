@@ -107,3 +107,33 @@ def test_unknown_name_lists_bundled_models_and_suggests_close_names():
         tc.from_pretrained("DV4x8x8-mil")
     message = str(info.value)
     assert "bundled model (DV4x8x8-mill)" in message and "Did you mean 'DV4x8x8-mill'" in message
+
+
+def test_average_weights_script_writes_the_mean_and_refuses_other_architectures(tmp_path: Path) -> None:
+    """scripts/average_weights.py: the export it writes holds the element-wise mean of its inputs,
+    loads like any checkpoint and names its sources; inputs of another architecture are refused."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+    first = tc.from_pretrained("CV4x8x8-tiny", init="random")
+    second = tc.from_pretrained("CV4x8x8-tiny", init="random")
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.02)
+    a, b = tc.save_checkpoint(first, tmp_path / "a.pt"), tc.save_checkpoint(second, tmp_path / "b.pt")
+    out = tmp_path / "mean.pt"
+    subprocess.run([sys.executable, str(script), str(out), str(a), str(b), "--dtype", "float32"], check=True,
+                   capture_output=True)
+    mean = tc.from_pretrained(out)
+    for name, value in mean.state_dict().items():
+        expected = (first.state_dict()[name].float() + second.state_dict()[name].float()) / 2
+        assert torch.allclose(value.float(), expected, atol=1e-6), name
+    sources = torch.load(out, weights_only=True)["extra"]["averaged_from"]
+    assert [s["weights_hash"] for s in sources] == [first.weights_hash, second.weights_hash]
+
+    other = tc.save_checkpoint(tc.from_pretrained("CV8x8x8-tiny", init="random"), tmp_path / "other.pt")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "bad.pt"), str(a), str(other)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "config differs" in proc.stderr
+    assert not (tmp_path / "bad.pt").exists()
