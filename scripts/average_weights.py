@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     import tokenizer_core
     from pipeline.tokenizer_tools.train_tokenizer import write_checkpoint
 
-    _, state = average_states(args.inputs)
+    try:
+        _, state = average_states(args.inputs)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"average_weights: {exc}", file=sys.stderr)
+        return 2
     tok = tokenizer_core.from_pretrained(args.inputs[0], device="cpu")
     tok.load_state_dict(state, strict=True)
     sources = [{"path": p, "weights_hash": tokenizer_core.from_pretrained(p, device="cpu").weights_hash}
