@@ -137,3 +137,52 @@ def test_average_weights_script_writes_the_mean_and_refuses_other_architectures(
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "config differs" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.parametrize("preset,part", [("DV4x8x8-tiny", "all"), ("DV4x8x8-tiny", "decoder"), ("CI8x8-tiny", "all")])
+def test_widen_weights_script_keeps_the_function_and_breaks_the_symmetry(tmp_path: Path, preset: str,
+                                                                           part: str) -> None:
+    """scripts/widen_weights.py: the widened model (channels repeated, inputs split, zero-sum noise)
+    has the wider architecture and computes what the narrow one did: latents and ids equal, the
+    reconstruction within float rounding; the noise makes the repeated channels' weights differ."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "widen_weights.py"
+    narrow = tc.from_pretrained(preset, init="random")
+    with torch.no_grad():  # norms away from their identity init, so a wrong mean/variance would show
+        for name, p in narrow.named_parameters():
+            if ".norm." in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    src = tc.save_checkpoint(narrow, tmp_path / "narrow.pt")
+    out = tmp_path / "wide.pt"
+    subprocess.run([sys.executable, str(script), str(src), str(out), "--part", part, "--noise", "0.05"],
+                   check=True, capture_output=True)
+    wide = tc.from_pretrained(out)
+    cfg, wcfg = narrow.config, wide.config
+    if part == "all":
+        assert wcfg.channels == 2 * cfg.channels
+    else:
+        assert wcfg.channels == cfg.channels and wcfg.dec_channels_mult == [2 * m for m in cfg.dec_channels_mult]
+    assert sum(p.numel() for p in wide.parameters()) > 1.5 * sum(p.numel() for p in narrow.parameters())
+
+    video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    if not cfg.video:
+        video = video[:, :, 0]
+    with torch.no_grad():
+        a, b = narrow.forward_with_latents(video), wide.forward_with_latents(video)
+    assert torch.allclose(a.latents, b.latents, atol=1e-5)
+    if a.ids is not None:
+        assert torch.equal(a.ids, b.ids)
+    assert (a.reconstruction - b.reconstruction).abs().max() < 1e-4
+
+    # a weight that reads repeated channels: its copies differ (noise), and sum to the original
+    name = next(n for n, p in wide.state_dict().items()
+                if p.ndim >= 4 and p.shape[1] == 2 * narrow.state_dict()[n].shape[1])
+    w, v = wide.state_dict()[name], narrow.state_dict()[name]
+    assert not torch.equal(w[:, 0::2], w[:, 1::2])
+    assert torch.allclose(w[:, 0::2] + w[:, 1::2], v.repeat_interleave(w.shape[0] // v.shape[0], dim=0), atol=1e-6)
+
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
