@@ -43,9 +43,8 @@ from tokenizer_core.config import TokenizerConfig  # noqa: E402
 
 
 def widened_config(config: TokenizerConfig, factor: int, part: str) -> TokenizerConfig:
-    if part == "all":
-        return config.replace(channels=config.channels * factor,
-                              decoder_channels_mult=config.decoder_channels_mult)
+    if part == "all":  # the decoder's multipliers scale `channels`, so it widens too
+        return config.replace(channels=config.channels * factor)
     return config.replace(decoder_channels_mult=[m * factor for m in config.dec_channels_mult])
 
 
