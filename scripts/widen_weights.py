@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tokenizer_core.checkpoint import load_checkpoint  # noqa: E402
 from tokenizer_core.config import TokenizerConfig  # noqa: E402
 
 
@@ -99,7 +98,7 @@ def _zero_sum_noise(weight: torch.Tensor, factor: int, scale: float, generator: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="a tokenmill checkpoint or export (a video or image tokenizer)")
+    parser.add_argument("input", help="a tokenmill checkpoint or export, or a bundled model's name")
     parser.add_argument("out", help="where the widened export goes (.pt, float32)")
     parser.add_argument("--factor", type=int, default=2, help="channel multiplier (an integer >= 2)")
     parser.add_argument("--part", choices=["all", "decoder"], default="all")
@@ -114,15 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     from tokenizer_core.loading import build
 
     try:
-        config, state, _ = load_checkpoint(args.input)
-        wide_config = widened_config(config, args.factor, args.part)
-        wide = build(wide_config)
-        wide.load_state_dict(widen_state(state, wide.state_dict(), args.factor, args.noise, args.seed), strict=True)
+        narrow = tokenizer_core.from_pretrained(args.input, device="cpu")
+        wide = build(widened_config(narrow.config, args.factor, args.part))
+        wide.load_state_dict(widen_state(narrow.state_dict(), wide.state_dict(), args.factor, args.noise, args.seed),
+                             strict=True)
     except (FileNotFoundError, ValueError) as exc:
         print(f"widen_weights: {exc}", file=sys.stderr)
         return 2
-    source = tokenizer_core.from_pretrained(args.input, device="cpu").weights_hash
-    write_checkpoint(args.out, wide, {"widened_from": {"path": args.input, "weights_hash": source,
+    write_checkpoint(args.out, wide, {"widened_from": {"path": args.input, "weights_hash": narrow.weights_hash,
                                                        "factor": args.factor, "part": args.part,
                                                        "noise": args.noise, "seed": args.seed}},
                      dtype=torch.float32)
