@@ -186,3 +186,43 @@ def test_widen_weights_script_keeps_the_function_and_breaks_the_symmetry(tmp_pat
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_calibrate_colour_script_removes_the_mean_error_and_keeps_the_tokens(tmp_path: Path) -> None:
+    """scripts/calibrate_colour.py on real clips: the calibrated model makes the same ids, decodes
+    them shifted by one constant per colour channel, and its mean error on those clips is zero."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from calibrate_colour import mean_colour_error
+
+    from pipeline.tokenizer_tools.evaluate import iter_eval_clips
+
+    root = Path(__file__).resolve().parents[1]
+    shards = str(root / "data" / "sample" / "shards-00000{0,1}.tar")
+    model = tc.from_pretrained("DV4x8x8-tiny", init="random")
+    src = tc.save_checkpoint(model, tmp_path / "raw.pt")
+    out = tmp_path / "calibrated.pt"
+    args = ["--shards", shards, "--clips", "2", "--num-frames", "9", "--resolution", "64", "64"]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "calibrate_colour.py"), str(src), str(out), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calibrated = tc.from_pretrained(out)
+    clips = [torch.as_tensor(c.frames) for c, _ in zip(iter_eval_clips(shards, 9, (64, 64)), range(2), strict=False)]
+    before, after = mean_colour_error(model, clips), mean_colour_error(calibrated, clips)
+    assert before.abs().max() > 0.01  # a random decoder is far off: the test can fail
+    assert after.abs().max() < 1e-4
+
+    video = torch.rand(1, 3, 9, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ids = model.encode(video)
+    assert torch.equal(calibrated.encode(video), ids)
+    moved = (calibrated.decode(ids) - model.decode(ids)).double()
+    per_channel = moved.mean(dim=(0, 2, 3, 4))
+    assert torch.allclose(per_channel, -before, atol=1e-5)
+    assert (moved - per_channel.view(1, 3, 1, 1, 1)).abs().max() < 1e-5  # a constant per channel
+
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "calibrate_colour.py"), str(src),
+                          str(tmp_path / "x.pt"), "--shards", str(tmp_path / "none-*.tar")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "none-" in bad.stderr and "Traceback" not in bad.stderr
