@@ -1,25 +1,26 @@
-"""Remove a tokenizer's mean colour error: measure it on footage, fold its negative into the last
-bias of the decoder. The encoder is untouched, so every token it makes stays the same; only the
-pixels decoded from tokens move, by one constant per colour channel.
+"""Calibrate a tokenizer's colours on footage: fit the per-pixel colour map (a 3x3 matrix and an
+offset) that takes its reconstructions closest to the originals, and fold it into the decoder's
+last layer. The encoder is untouched, so every token it makes stays the same; only the pixels
+decoded from tokens change, each by the same affine map of its three colours.
 
-    python scripts/calibrate_colour.py IN OUT --shards 'data/train/*.tar' [--clips N] [--dtype float16]
+    python scripts/calibrate_colour.py IN OUT --shards 'data/train/*.tar' [--clips N] [--shift-only] [--dtype float16]
 
-The shift is the mean of (reconstruction - original) per channel over every pixel of the clips
-(17x256x256 by default, read through the job's data plane as `tokenmill eval` reads them),
-measured before the output is clamped to pixels. It is the least-squares optimum for a constant
-per channel, so on the footage it was measured on the mean error becomes zero and the squared
-error falls by exactly the squared shift. Measure it on training footage, never on the set that
-judges the result.
+The map is the least-squares fit over every pixel of the clips (17x256x256 by default, read
+through the job's data plane as `tokenmill eval` reads them), in the model's [-1, 1] units before
+the output is clamped to pixels; `--shift-only` fits the mean error alone. On the footage it was
+fitted on the squared error can only fall; measure it on training footage, never on the set that
+judges the result. A decoder whose output carries an error uncorrelated with the original gains
+from the matrix too: its least-squares diagonal is below one (a Wiener-style shrink).
 
-Folding: the decoder's last layer is a convolution whose output the inverse Haar patcher turns
-into pixels. A constant added to one of its output channels comes out of the unpatcher as a
-constant on one colour channel (the lowest band) or as a zero-mean pattern (the other bands);
-the script measures that response with the model's own unpatcher and solves for the smallest
-bias change that shifts each colour channel by the wanted constant.
+Folding: the decoder's last layer is a convolution whose output channels the inverse Haar
+patcher turns into pixels, band by band and alike for the three colours. Mixing the colours of
+each band mixes the pixels' colours by the same matrix; a constant in the lowest band of a
+colour adds a constant to that colour's pixels. The band layout is read off the model's own
+unpatcher, so the script needs no knowledge of the patch method.
 
-Why: the bundled DV4x8x8-mill decodes whole 256x256 frames about two levels too low in green
-(−2.0 on its training clips, −2.4 on the validation photos) and slightly high in red, a bias
-its training on 64x64 crops left in place (docs/training.md, stage eighteen).
+Why: the bundled DV4x8x8-mill decodes whole 256x256 frames about two levels too low in green and
+one too high in red, on its training clips as on the validation photos (docs/training.md, stage
+eighteen).
 """
 
 from __future__ import annotations
@@ -42,47 +43,73 @@ def last_decoder_conv(tok: nn.Module) -> nn.Module:
     return getattr(last, "conv3d", last)
 
 
-def unpatcher_response(tok: nn.Module) -> torch.Tensor:
-    """R [3, C]: the constant each colour channel receives when the decoder's last conv adds 1 to
-    its output channel j (0 for channels whose response is not a constant)."""
-    conv = last_decoder_conv(tok)
-    channels = conv.out_channels
+def band_layout(tok: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channel_of [bands, 3], dc [bands, 3]): which output channel of the decoder's last conv holds
+    band b of colour c, and the constant 1 in it adds to colour c's pixels (0 unless b is the
+    lowest band). Found by passing unit inputs through the model's own unpatcher."""
+    channels = last_decoder_conv(tok).out_channels
     video = tok.config.video
     unpatcher = tok.decoder.unpatcher3d if video else tok.decoder.unpatcher
-    response = torch.zeros(3, channels, dtype=torch.float64)
-    for j in range(channels):
-        x = torch.zeros((1, channels, 2, 2, 2) if video else (1, channels, 2, 2), dtype=torch.float64)
-        x[:, j] = 1.0
-        with torch.no_grad():
-            y = unpatcher(x)[0].flatten(1)  # [3, pixels]
-        constant = (y - y.mean(dim=1, keepdim=True)).abs().amax(dim=1) < 1e-9
-        response[:, j] = torch.where(constant, y.mean(dim=1), torch.zeros(3, dtype=torch.float64))
-    return response
-
-
-def fold_colour_shift(tok: nn.Module, shift: torch.Tensor) -> None:
-    """Make the decoder's output move by `shift` [3] (in the model's [-1, 1] units) everywhere."""
-    response = unpatcher_response(tok)
-    if torch.linalg.matrix_rank(response) < 3:
-        raise ValueError("the decoder's last layer cannot shift each colour channel by a constant")
-    delta = torch.linalg.pinv(response) @ shift.double()
-    bias = last_decoder_conv(tok).bias
+    x = torch.zeros((channels, channels, 2, 2, 2) if video else (channels, channels, 2, 2), dtype=torch.float64)
+    x[torch.arange(channels), torch.arange(channels)] = 1.0
     with torch.no_grad():
-        bias.add_(delta.to(bias.dtype))
+        y = unpatcher(x).flatten(2)  # [channel, colour, pixels]
+    colour = y.abs().amax(dim=2).argmax(dim=1)
+    patterns: dict[tuple[float, ...], list[int]] = {}
+    for j in range(channels):
+        key = tuple(round(v, 9) for v in y[j, colour[j]].tolist())
+        patterns.setdefault(key, []).append(j)
+    bands = list(patterns.values())
+    if channels != 3 * len(bands) or any(sorted(colour[g].tolist()) != [0, 1, 2] for g in bands):
+        raise ValueError("the decoder's last layer does not map bands to colours one to one")
+    channel_of = torch.tensor([[g[int((colour[g] == c).nonzero())] for c in range(3)] for g in bands])
+    pixels = y[channel_of, torch.arange(3)]  # [bands, 3, pixels]
+    constant = (pixels - pixels.mean(dim=2, keepdim=True)).abs().amax(dim=2) < 1e-9
+    return channel_of, torch.where(constant, pixels.mean(dim=2), torch.zeros_like(pixels[..., 0]))
 
 
-def mean_colour_error(tok: nn.Module, clips: list[torch.Tensor]) -> torch.Tensor:
-    """Mean of (reconstruction - original) per channel, [-1, 1] units, over uint8 [T, H, W, 3] clips."""
+def fold_colour_map(tok: nn.Module, matrix: torch.Tensor, offset: torch.Tensor) -> None:
+    """Make every decoded pixel x (3 colours, [-1, 1] units) come out as matrix @ x + offset.
+
+    The unpatcher treats the colours alike and linearly, so mixing the colours of each band of
+    the last conv's output mixes the pixels' colours; the offset goes into the lowest band."""
+    conv = last_decoder_conv(tok)
+    channel_of, dc = band_layout(tok)
+    if (dc != 0).sum(dim=0).min() < 1:
+        raise ValueError("the decoder's last layer has no band that shifts a colour by a constant")
+    mix = torch.zeros(conv.out_channels, conv.out_channels, dtype=torch.float64)
+    for band in channel_of:
+        mix[band.unsqueeze(1), band.unsqueeze(0)] = matrix.double()
+    lowest = int((dc != 0).all(dim=1).nonzero()[0])
+    shift = torch.zeros(conv.out_channels, dtype=torch.float64)
+    shift[channel_of[lowest]] = offset.double() / dc[lowest]
+    with torch.no_grad():
+        weight = conv.weight.double().flatten(1)
+        conv.weight.copy_((mix @ weight).view_as(conv.weight).to(conv.weight.dtype))
+        conv.bias.copy_((mix @ conv.bias.double() + shift).to(conv.bias.dtype))
+
+
+def fit_colour_map(tok: nn.Module, clips: list[torch.Tensor], shift_only: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares (matrix [3, 3], offset [3]) taking the tokenizer's reconstructions of
+    uint8 [T, H, W, 3] clips to the originals, per pixel, in [-1, 1] units; `shift_only` keeps
+    the matrix the identity and fits the mean error alone."""
     from tokenizer_core import metrics
 
-    total, count = torch.zeros(3, dtype=torch.float64), 0
+    gram = torch.zeros(4, 4, dtype=torch.float64)
+    cross = torch.zeros(4, 3, dtype=torch.float64)
     for frames in clips:
         original = metrics.from_uint8_frames(frames) / 127.5 - 1.0  # [3, T, H, W]
         with torch.inference_mode():
             recon = tok.decode(tok.encode(original.unsqueeze(0).to(tok.dtype)))[0].double()
-        total += (recon - original.double()).sum(dim=(1, 2, 3))
-        count += original[0].numel()
-    return total / count
+        r = torch.cat([recon.flatten(1), torch.ones_like(recon[:1].flatten(1))])  # [4, pixels]
+        gram += r @ r.T
+        cross += r @ original.double().flatten(1).T
+    if shift_only:
+        mean_error = (cross[3] - gram[3, :3]) / gram[3, 3]  # mean(original - recon)
+        return torch.eye(3, dtype=torch.float64), mean_error
+    solution = torch.linalg.solve(gram, cross)  # [4, 3]: recon (and 1) -> original
+    return solution[:3].T, solution[3]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=None, help="at most this many clips (default: all)")
     parser.add_argument("--num-frames", type=int, default=17)
     parser.add_argument("--resolution", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    parser.add_argument("--shift-only", action="store_true",
+                        help="fit the mean error alone (the colour matrix stays the identity)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="of the stored weights (the bundled models are float16)")
     args = parser.parse_args(argv)
@@ -110,17 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         if not clips:
             raise ValueError(f"no clips in {args.shards}")
         source_hash = tok.weights_hash
-        error = mean_colour_error(tok, clips)
-        fold_colour_shift(tok, -error)
+        matrix, offset = fit_colour_map(tok, clips, shift_only=args.shift_only)
+        fold_colour_map(tok, matrix, offset)
     except (FileNotFoundError, ValueError) as exc:
         print(f"calibrate_colour: {exc}", file=sys.stderr)
         return 2
-    levels = [round(float(v) * 127.5, 3) for v in error]
+    fitted = {"matrix": [[round(float(v), 6) for v in row] for row in matrix],
+              "offset_levels_rgb": [round(float(v) * 127.5, 3) for v in offset]}
     write_checkpoint(args.out, tok, {"colour_calibrated": {"from": args.input, "weights_hash": source_hash,
-                                                           "shards": args.shards, "clips": len(clips),
-                                                           "mean_error_levels_rgb": levels}},
+                                                           "shards": args.shards, "clips": len(clips), **fitted}},
                      dtype=getattr(torch, args.dtype))
-    print(f"{args.out}: mean error {levels} (R, G, B in 0-255 levels, over {len(clips)} clips) removed")
+    print(f"{args.out}: colour map fitted on {len(clips)} clips and folded into the decoder: {fitted}")
     return 0
 
 
