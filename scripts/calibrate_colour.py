@@ -10,7 +10,8 @@ through the job's data plane as `tokenmill eval` reads them), in the model's [-1
 the output is clamped to pixels; `--shift-only` fits the mean error alone. On the footage it was
 fitted on the squared error can only fall; measure it on training footage, never on the set that
 judges the result. A decoder whose output carries an error uncorrelated with the original gains
-from the matrix too: its least-squares diagonal is below one (a Wiener-style shrink).
+from the matrix too: its least-squares diagonal is below one (a Wiener-style shrink), which
+costs a little where the reconstruction is already close (flat saturated colours).
 
 Folding: the decoder's last layer is a convolution whose output channels the inverse Haar
 patcher turns into pixels, band by band and alike for the three colours. Mixing the colours of
