@@ -99,11 +99,21 @@ class LossSpec(Config):
     mse: float = 0.0  # squared error: the term PSNR measures
     ssim: float = 0.2
     temporal: float = 0.5
+    # latent search (FSQ models): pull the encoder's latent towards the one that `search_steps`
+    # Adam steps of size `search_lr` on the batch's squared error reach through the current decoder;
+    # `latent` weighs that distance (in quantiser levels, squared). 0 disables it.
+    latent: float = 0.0
+    search_steps: int = 8
+    search_lr: float = 0.03
 
     def validate(self, path: str) -> None:
-        for name in ("l1", "mse", "ssim", "temporal"):
+        for name in ("l1", "mse", "ssim", "temporal", "latent"):
             if getattr(self, name) < 0:
                 raise SpecError(f"{path}.{name}", "must be >= 0")
+        if self.latent and self.search_steps < 1:
+            raise SpecError(f"{path}.search_steps", "must be >= 1 when latent > 0")
+        if self.search_lr <= 0:
+            raise SpecError(f"{path}.search_lr", "must be > 0")
 
 
 class ExportSpec(Config):

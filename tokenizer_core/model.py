@@ -256,6 +256,44 @@ class CosmosTokenizer(nn.Module):
             ids=None if ids is None else self._unfold(ids, batch, channel_dim=False),
         )
 
+    def forward_with_latent_gap(self, video: torch.Tensor, steps: int, lr: float) -> tuple[TokenizerOutput, torch.Tensor]:
+        """`forward_with_latents`, and how far the encoder's latent lies from a better one for the
+        current decoder (for training): the mean squared distance, in quantiser levels, between the
+        encoder's bounded latent and the one that `steps` Adam steps of size `lr` on this batch's
+        squared error reach, starting from it, through the decoder and the rounding (straight-through).
+        The search moves the latent only; the distance's gradient reaches the encoder alone."""
+        if self.quantizer is None:
+            raise ValueError(f"{self.config.name}: the latent search needs a discrete (FSQ) tokenizer")
+        x, batch = self._frames(video)
+        x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
+        h = self._latent(x)
+        codes, ids = self._quantize(h)
+        recon = _crop(self._decode_raw(codes), pads)
+        target = self._search_latent(h.detach(), x, steps, lr)
+        bound = self.quantizer.bound
+        gap = (bound(h.float().movedim(1, -1)) - bound(target.movedim(1, -1))).square().mean()
+        out = TokenizerOutput(
+            reconstruction=self._unfold(recon, batch, channel_dim=True),
+            latents=self._unfold(codes, batch, channel_dim=True),
+            ids=self._unfold(ids, batch, channel_dim=False),
+        )
+        return out, gap
+
+    def _search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+        """Adam on the latent alone (betas 0.9 / 0.999), minimising the squared error of its decode."""
+        z = h.float().clone()
+        m, v = torch.zeros_like(z), torch.zeros_like(z)
+        for i in range(1, steps + 1):
+            z.requires_grad_(True)
+            codes, _ = self._quantize(z)
+            error = (self._decode_raw(codes).float() - x.float()).square().mean()
+            (grad,) = torch.autograd.grad(error, z)
+            with torch.no_grad():
+                m.lerp_(grad, 0.1)
+                v.lerp_(grad.square(), 0.001)
+                z = z.detach() - lr * (m / (1 - 0.9**i)) / ((v / (1 - 0.999**i)).sqrt() + 1e-12)
+        return z.detach()
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Differentiable reconstruction [same shape as `video`] for training."""
         return self.forward_with_latents(video).reconstruction

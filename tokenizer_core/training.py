@@ -74,6 +74,14 @@ def reconstruct(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"cannot find a reconstruction in the model output of type {type(out).__name__}")
 
 
+def latent_gap(model: nn.Module, video: torch.Tensor, steps: int, lr: float) -> tuple[Any, torch.Tensor]:
+    """The model's `forward_with_latent_gap` (CosmosTokenizer), with a clear error for other models."""
+    method = getattr(model, "forward_with_latent_gap", None)
+    if method is None:
+        raise TypeError(f"loss.latent needs a tokenmill FSQ tokenizer; {type(model).__name__} has no latent search")
+    return method(video, steps, lr)
+
+
 class Trainer:
     """Owns the model, its EMA copy, the optimizer and the RNGs of one training run."""
 
@@ -100,9 +108,17 @@ class Trainer:
             group["lr"] = lr
         video = video.to(self.device, non_blocking=True)
         # bf16 autocast on CUDA only: CPU bf16 convs are slower here and fp32 is the reference
+        weights = self.settings.loss
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            recon = reconstruct(self.model, video)
-        loss, parts = reconstruction_loss(recon, video, self.settings.loss)
+            if weights.latent:
+                out, gap = latent_gap(self.model, video, weights.search_steps, weights.search_lr)
+                recon = out.reconstruction
+            else:
+                recon = reconstruct(self.model, video)
+        loss, parts = reconstruction_loss(recon, video, weights)
+        if weights.latent:
+            loss = loss + weights.latent * gap.float()
+            parts = {**parts, "latent_gap": float(gap.detach()), "loss": float(loss.detach())}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower optim.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
