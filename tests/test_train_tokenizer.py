@@ -215,3 +215,61 @@ def test_colour_augmentation_reorders_channels_and_scales_saturation():
     assert spread.max() > 1.5 * spread.min()  # saturation varies
     grey = recoloured.mean(1)
     assert torch.allclose(grey, grey[:1].expand_as(grey), atol=2 / 127.5)  # about each pixel's grey value
+
+
+def test_latent_search_finds_a_better_latent_and_its_pull_reaches_the_encoder_only(shard):
+    """loss.latent: a few Adam steps on the shipped model's latent of a real clip lower the squared
+    error of its decode; the distance to that latent is positive and trains the encoder alone."""
+    from pipeline.tokenizer_tools.evaluate import iter_eval_clips
+    from tokenizer_core import metrics
+
+    clip = next(iter_eval_clips(str(shard), 9, (64, 64)))
+    video = (metrics.from_uint8_frames(torch.as_tensor(clip.frames)) / 127.5 - 1).unsqueeze(0)
+    tok = tokenizer_core.from_pretrained("DV4x8x8-mill").float().train()
+
+    def decode_error(ids):
+        with torch.no_grad():
+            return float((tok.decode(ids) - video).square().mean())
+
+    plain, searched = tok.encode(video), tok.encode_searched(video, steps=8, lr=0.03)
+    assert searched.shape == plain.shape and bool((searched != plain).any())
+    assert decode_error(searched) < 0.97 * decode_error(plain)
+    out, gap = tok.forward_with_latent_gap(video, steps=8, lr=0.03)
+    assert out.reconstruction.shape == video.shape and float(gap) > 0
+    gap.backward()
+    grads = {name: p.grad for name, p in tok.named_parameters()}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("encoder."))
+    assert all(g is None for n, g in grads.items() if n.startswith(("decoder.", "post_quant_conv.")))
+    continuous = tokenizer_core.from_pretrained("CV4x8x8-tiny", init="random")
+    with pytest.raises(ValueError, match="discrete"):
+        continuous.forward_with_latent_gap(video, steps=1, lr=0.03)
+
+
+def test_latent_loss_trains_and_logs_its_distance(tmp_path, shard):
+    loss = {"l1": 0.0, "mse": 1.0, "ssim": 0.0, "temporal": 0.0, "latent": 0.1, "search_steps": 2}
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=3, loss=loss)))
+    run_training(cfg)
+    rows = _log(Path(cfg.output_dir))
+    assert len(rows) == 3 and all(r["latent_gap"] > 0 for r in rows)
+    assert all(r["loss"] == pytest.approx(r["mse"] + 0.1 * r["latent_gap"], rel=1e-5) for r in rows)
+    path = _write_config(tmp_path, shard, loss={**loss, "search_steps": 0})
+    with pytest.raises(SpecError, match=r"^loss\.search_steps"):
+        load_train_config(str(path))
+
+
+def test_latent_search_gap_script_scores_both_codings(tmp_path, shard):
+    """scripts/latent_search_gap.py: per clip, the searched latent's decode beats the encoder's."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "latent_search_gap.py"
+    args = ["--shards", str(shard), "--clips", "2", "--num-frames", "9", "--resolution", "64", "64", "--steps", "8"]
+    proc = subprocess.run([sys.executable, str(script), "DV4x8x8-mill", *args, "--json", str(tmp_path / "gap.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "gap.json").read_text())
+    assert len(report["per_clip"]) == 2
+    assert all(r["psnr_searched"] > r["psnr"] + 0.1 for r in report["per_clip"])
+    bad = subprocess.run([sys.executable, str(script), "DV4x8x8-mill", "--shards", str(tmp_path / "none-*.tar")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "none-" in bad.stderr and "Traceback" not in bad.stderr

@@ -269,7 +269,7 @@ class CosmosTokenizer(nn.Module):
         h = self._latent(x)
         codes, ids = self._quantize(h)
         recon = _crop(self._decode_raw(codes), pads)
-        target = self._search_latent(h.detach(), x, steps, lr)
+        target = self.search_latent(h.detach(), x, steps, lr)
         bound = self.quantizer.bound
         gap = (bound(h.float().movedim(1, -1)) - bound(target.movedim(1, -1))).square().mean()
         out = TokenizerOutput(
@@ -279,8 +279,25 @@ class CosmosTokenizer(nn.Module):
         )
         return out, gap
 
-    def _search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
-        """Adam on the latent alone (betas 0.9 / 0.999), minimising the squared error of its decode."""
+    def encode_searched(self, video: torch.Tensor, steps: int = 50, lr: float = 0.03) -> torch.Tensor:
+        """Like `encode` (mode "full", FSQ models), but from the encoder's latent improved by `steps`
+        Adam steps on the squared error of its decode: how far the encoder lies from the best latent
+        for its own decoder. A measuring tool; each step costs a decode and its backward."""
+        if self.quantizer is None:
+            raise ValueError(f"{self.config.name}: the latent search needs a discrete (FSQ) tokenizer")
+        x, batch = self._frames(video)
+        x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
+        with torch.no_grad():
+            h = self._latent(x)
+        with torch.enable_grad():
+            found = self.search_latent(h, x, steps, lr)
+        _, ids = self._quantize(found)
+        return self._unfold(ids, batch, channel_dim=False)
+
+    def search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+        """Pre-quantisation latent `h` of the (padded) input `x` -> the latent that `steps` Adam steps
+        (betas 0.9 / 0.999, step size `lr`) on the squared error of its decode reach; the rounding
+        passes gradients straight through. Only the latent moves; the result has no gradient."""
         z = h.float().clone()
         m, v = torch.zeros_like(z), torch.zeros_like(z)
         for i in range(1, steps + 1):
