@@ -9,8 +9,9 @@ the encoder asks of it, so training the encoder is the lever; `loss.latent` in t
 trains it towards such a search. The search is a measuring tool, not an encoder: each step costs a
 decode and its backward.
 
-Measured on the bundled DV4x8x8-mill (stage eleven) with 50 steps: +1.2 dB on the cheetah cub
-and +1.4 dB on zidane (data/val, 17x256x256), +0.6 to +1.0 dB on training clips (docs/training.md).
+Measured on the bundled DV4x8x8-mill (stage eleven) with 50 steps: +0.98 dB on average over the 16
+clips of data/val at 17x256x256 (+0.41 to +1.56 dB per clip), about as much on training clips
+(docs/training.md, stage nineteen).
 """
 
 from __future__ import annotations
