@@ -62,10 +62,15 @@ class TrainModelSpec(Config):
     overrides: dict[str, Any] = Field(default_factory=dict)
     # name written into the trained model's config (defaults to the preset's name)
     save_as: str | None = None
+    # which half trains: "encoder" keeps the decoder (so what every id decodes to) as it was,
+    # "decoder" keeps the encoder (so every id a clip gets)
+    trainable: Literal["all", "encoder", "decoder"] = "all"
 
     def validate(self, path: str) -> None:
         if self.overrides and self.init != "random":
             raise SpecError(f"{path}.overrides", "architecture overrides need init: random (weights would not fit)")
+        if self.trainable != "all" and self.init != "pretrained":
+            raise SpecError(f"{path}.trainable", "training one half needs init: pretrained (the other half would stay random)")
 
 
 class OptimSpec(Config):

@@ -273,3 +273,23 @@ def test_latent_search_gap_script_scores_both_codings(tmp_path, shard):
     bad = subprocess.run([sys.executable, str(script), "DV4x8x8-mill", "--shards", str(tmp_path / "none-*.tar")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "none-" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("trainable", ["encoder", "decoder"])
+def test_training_one_half_keeps_the_other_exactly(tmp_path, shard, trainable):
+    """model.trainable: the frozen half's weights come out bit-identical, the other half moved."""
+    start = tokenizer_core.save_checkpoint(tokenizer_core.from_pretrained("DV4x8x8-tiny", init="random"),
+                                           tmp_path / "start.pt")
+    model = {"name": str(start), "init": "pretrained", "trainable": trainable}
+    cfg = load_train_config(str(_write_config(tmp_path, shard, steps=3, model=model)))
+    trained = run_training(cfg).inference_model.state_dict()
+    before = tokenizer_core.from_pretrained(start).state_dict()
+    frozen = ("decoder.", "post_quant_conv.") if trainable == "encoder" else ("encoder.", "quant_conv.")
+    for name, value in before.items():
+        if name.startswith(frozen):
+            assert torch.equal(trained[name], value), name
+    assert any(not torch.equal(trained[n], v) for n, v in before.items()
+               if v.is_floating_point() and not n.startswith(frozen))
+    path = _write_config(tmp_path, shard, model={"name": "DV4x8x8-tiny", "init": "random", "trainable": trainable})
+    with pytest.raises(SpecError, match=r"^model\.trainable"):
+        load_train_config(str(path))

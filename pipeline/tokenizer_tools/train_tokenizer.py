@@ -132,6 +132,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             raise SpecError("model.name", str(exc)) from None
         if spec.save_as:
             tok.config = tok.config.replace(name=spec.save_as)
+    if spec.trainable != "all":  # the other half keeps its weights: no gradient, no optimizer step
+        frozen = ("decoder", "post_quant_conv") if spec.trainable == "encoder" else ("encoder", "quant_conv")
+        for name, param in tok.named_parameters():
+            if name.startswith(tuple(f"{part}." for part in frozen)):
+                param.requires_grad_(False)
     return tok
 
 
@@ -254,8 +259,9 @@ def run_training(cfg: TrainConfig) -> Trainer:
     os.makedirs(cfg.output_dir, exist_ok=True)
     module = build_model(cfg)
     bank = load_clip_bank(cfg.data)
-    params = sum(p.numel() for p in module.parameters())
-    log.info("training %s (%.2fM parameters) on %d clips (%s)", config_of(module).name, params / 1e6, len(bank), device)
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    log.info("training %s (%.2fM parameters, %s) on %d clips (%s)", config_of(module).name, params / 1e6,
+             cfg.model.trainable, len(bank), device)
     trainer = Trainer(module, settings_from(cfg), device=device)
     resume_if_any(trainer, cfg)
     trainer.fit(lambda gen: bank.batch(cfg.batch_size, gen, trainer.device), save=make_saver(cfg),
