@@ -262,8 +262,7 @@ class CosmosTokenizer(nn.Module):
         encoder's bounded latent and the one that `steps` Adam steps of size `lr` on this batch's
         squared error reach, starting from it, through the decoder and the rounding (straight-through).
         The search moves the latent only; the distance's gradient reaches the encoder alone."""
-        if self.quantizer is None:
-            raise ValueError(f"{self.config.name}: the latent search needs a discrete (FSQ) tokenizer")
+        self._require_quantizer("the latent search")
         x, batch = self._frames(video)
         x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
         h = self._latent(x)
@@ -282,9 +281,9 @@ class CosmosTokenizer(nn.Module):
     def encode_searched(self, video: torch.Tensor, steps: int = 50, lr: float = 0.03) -> torch.Tensor:
         """Like `encode` (mode "full", FSQ models), but from the encoder's latent improved by `steps`
         Adam steps on the squared error of its decode: how far the encoder lies from the best latent
-        for its own decoder. A measuring tool; each step costs a decode and its backward."""
-        if self.quantizer is None:
-            raise ValueError(f"{self.config.name}: the latent search needs a discrete (FSQ) tokenizer")
+        for its own decoder. A measuring tool; each step costs a decode and its backward (so it needs
+        autograd: not under torch.inference_mode)."""
+        self._require_quantizer("the latent search")
         x, batch = self._frames(video)
         x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
         with torch.no_grad():
@@ -293,6 +292,10 @@ class CosmosTokenizer(nn.Module):
             found = self.search_latent(h, x, steps, lr)
         _, ids = self._quantize(found)
         return self._unfold(ids, batch, channel_dim=False)
+
+    def _require_quantizer(self, what: str) -> None:
+        if self.quantizer is None:
+            raise ValueError(f"{self.config.name}: {what} needs a discrete (FSQ) tokenizer")
 
     def search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
         """Pre-quantisation latent `h` of the (padded) input `x` -> the latent that `steps` Adam steps
