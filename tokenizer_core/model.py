@@ -262,14 +262,14 @@ class CosmosTokenizer(nn.Module):
         encoder's bounded latent and the one that `steps` Adam steps of size `lr` on this batch's
         squared error reach, starting from it, through the decoder and the rounding (straight-through).
         The search moves the latent only; the distance's gradient reaches the encoder alone."""
-        self._require_quantizer("the latent search")
+        quantizer = self._require_quantizer("the latent search")
         x, batch = self._frames(video)
         x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
         h = self._latent(x)
-        codes, ids = self._quantize(h)
+        codes, ids = quantizer.quantize(h)
         recon = _crop(self._decode_raw(codes), pads)
         target = self.search_latent(h.detach(), x, steps, lr)
-        bound = self.quantizer.bound
+        bound = quantizer.bound
         gap = (bound(h.float().movedim(1, -1)) - bound(target.movedim(1, -1))).square().mean()
         out = TokenizerOutput(
             reconstruction=self._unfold(recon, batch, channel_dim=True),
@@ -283,19 +283,20 @@ class CosmosTokenizer(nn.Module):
         Adam steps on the squared error of its decode: how far the encoder lies from the best latent
         for its own decoder. A measuring tool; each step costs a decode and its backward (so it needs
         autograd: not under torch.inference_mode)."""
-        self._require_quantizer("the latent search")
+        quantizer = self._require_quantizer("the latent search")
         x, batch = self._frames(video)
         x, _ = _centre_pad(x.to(device=self.device, dtype=self.dtype), self.config.spatial_compression)
         with torch.no_grad():
             h = self._latent(x)
         with torch.enable_grad():
             found = self.search_latent(h, x, steps, lr)
-        _, ids = self._quantize(found)
+        _, ids = quantizer.quantize(found)
         return self._unfold(ids, batch, channel_dim=False)
 
-    def _require_quantizer(self, what: str) -> None:
+    def _require_quantizer(self, what: str) -> FSQuantizer:
         if self.quantizer is None:
             raise ValueError(f"{self.config.name}: {what} needs a discrete (FSQ) tokenizer")
+        return self.quantizer
 
     def search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
         """Pre-quantisation latent `h` of the (padded) input `x` -> the latent that `steps` Adam steps
