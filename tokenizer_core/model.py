@@ -246,15 +246,21 @@ class CosmosTokenizer(nn.Module):
 
     def forward_with_latents(self, video: torch.Tensor) -> TokenizerOutput:
         """Differentiable reconstruction (FSQ straight-through); spatial padding is cropped back."""
+        return self._forward(video)[0]
+
+    def _forward(self, video: torch.Tensor) -> tuple[TokenizerOutput, torch.Tensor, torch.Tensor]:
+        """(`forward_with_latents`' output, the pre-quantisation latent, the padded encoder input)."""
         x, batch = self._frames(video)
         x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
-        latents, ids = self._quantize(self._latent(x))
+        h = self._latent(x)
+        latents, ids = self._quantize(h)
         recon = _crop(self._decode_raw(latents), pads)
-        return TokenizerOutput(
+        out = TokenizerOutput(
             reconstruction=self._unfold(recon, batch, channel_dim=True),
             latents=self._unfold(latents, batch, channel_dim=True),
             ids=None if ids is None else self._unfold(ids, batch, channel_dim=False),
         )
+        return out, h, x
 
     def forward_with_latent_gap(self, video: torch.Tensor, steps: int, lr: float) -> tuple[TokenizerOutput, torch.Tensor]:
         """`forward_with_latents`, and how far the encoder's latent lies from a better one for the
@@ -262,20 +268,10 @@ class CosmosTokenizer(nn.Module):
         encoder's bounded latent and the one that `steps` Adam steps of size `lr` on this batch's
         squared error reach, starting from it, through the decoder and the rounding (straight-through).
         The search moves the latent only; the distance's gradient reaches the encoder alone."""
-        quantizer = self._require_quantizer("the latent search")
-        x, batch = self._frames(video)
-        x, pads = _centre_pad(x.to(self.dtype), self.config.spatial_compression)
-        h = self._latent(x)
-        codes, ids = quantizer.quantize(h)
-        recon = _crop(self._decode_raw(codes), pads)
+        bound = self._require_quantizer("the latent search").bound
+        out, h, x = self._forward(video)
         target = self.search_latent(h.detach(), x, steps, lr)
-        bound = quantizer.bound
         gap = (bound(h.float().movedim(1, -1)) - bound(target.movedim(1, -1))).square().mean()
-        out = TokenizerOutput(
-            reconstruction=self._unfold(recon, batch, channel_dim=True),
-            latents=self._unfold(codes, batch, channel_dim=True),
-            ids=self._unfold(ids, batch, channel_dim=False),
-        )
         return out, gap
 
     def encode_searched(self, video: torch.Tensor, steps: int = 50, lr: float = 0.03) -> torch.Tensor:
