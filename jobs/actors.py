@@ -46,6 +46,7 @@ class ActorSettings:
     batches_per_actor: int = 3  # encode calls in flight (upload / compute / download overlap)
     compile: bool = False  # tokenizer.compile: torch.compile the encode
     tf32: bool = True  # tokenizer.tf32: fp32 on TF32 tensor cores (CUDA)
+    refine_steps: int = 0  # tokenizer.refine_steps
     batch_size: int | None = None  # None: tokenizer.batch_size auto, probed at `clip_shape`
     clip_shape: tuple[int, int, int] | None = None  # (T, H, W) of the job's clips
 
@@ -124,7 +125,8 @@ class TokenizerWorker:
             torch.set_num_threads(max(1, settings.torch_threads))
         self.tok = load_tokenizer(settings.name, settings.init, self.device, settings.dtype, settings.checkpoint)
         self.encoder = BatchEncoder(self.tok, EncodeOptions(self.device, max(1, settings.batches_per_actor),
-                                                            settings.compile, settings.tf32))
+                                                            settings.compile, settings.tf32,
+                                                            settings.refine_steps))
         self.batch_size, self.batch_probe = settings.batch_size, None
         if self.batch_size is None:
             self.batch_size, self.batch_probe = probe_batch_size(self.encoder, settings.clip_shape or (17, 256, 256))
@@ -218,7 +220,7 @@ class TokenizerWorker:
 
         start = time.monotonic()
         if getattr(self, "_streams", None) is None:
-            self._streams = StreamTable(self.tok, self.encoder.compute_lock)
+            self._streams = StreamTable(self.tok, self.encoder.compute_lock, self.settings.refine_steps)
         with torch.inference_mode():
             video = to_video(frames, self.device, self.tok.dtype)
             result, scores = self._streams.encode(session, part, video, frames, final, score)

@@ -22,6 +22,7 @@ with `record_stream` so the caching allocator does not hand their memory out too
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ class EncodeOptions:
     depth: int = 3  # batches in flight (one computing, the others uploading / downloading)
     compile: bool = False  # torch.compile the model's encode
     tf32: bool = True  # fp32 convolutions and matmuls on TF32 tensor cores (CUDA only)
+    refine_steps: int = 0  # tokenizer.refine_steps: latent refinement against the decoder (not compiled)
 
 
 def configure_cuda(tf32: bool) -> None:
@@ -177,7 +179,9 @@ class BatchEncoder:
         self.splitter = OomSplitter()
         self._compute_lock = threading.Lock()
         self._model_encode: Callable[[torch.Tensor], torch.Tensor] = tok.encode
-        if options.compile:
+        if options.refine_steps:
+            self._model_encode = functools.partial(tok.encode, refine_steps=options.refine_steps)
+        elif options.compile:
             self._model_encode = torch.compile(tok.encode)
 
     @property

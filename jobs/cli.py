@@ -138,6 +138,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="clip size after resize and centre crop")
     p.add_argument("--max-clips", type=int, default=None, help="stop after this many clips")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="refine each latent frame with N steps against the decoder, as tokenizer.refine_steps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

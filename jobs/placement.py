@@ -129,6 +129,7 @@ def actor_settings(spec: JobSpec, placement: Placement) -> ActorSettings:
         # from several threads gives each its own OpenMP team (more threads than reserved cores)
         batches_per_actor=spec.resources.batches_per_actor if cuda else 1,
         compile=tok.compile,
+        refine_steps=tok.refine_steps,
         tf32=tok.tf32,
         batch_size=None if tok.batch_size == "auto" else int(tok.batch_size),
         clip_shape=(spec.clips.num_frames, *spec.clips.resolution),

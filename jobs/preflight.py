@@ -60,6 +60,9 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
         field_name = "tokenizer.checkpoint" if tok_spec.checkpoint else "tokenizer.name"
         raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
     cfg = tok.config
+    if tok_spec.refine_steps and not (cfg.discrete and hasattr(tok, "refine_latent")):
+        raise SpecError("tokenizer.refine_steps", f"needs a discrete (FSQ) tokenizer on the native backend; "
+                                                  f"{cfg.name} is {'a TorchScript file' if cfg.discrete else 'continuous'}")
     return TokenizerInfo(cfg.to_dict(), tok.weights_hash, cfg.name, bool(cfg.discrete),
                          int(cfg.spatial_compression), int(cfg.temporal_compression), name, checkpoint, revision,
                          hasattr(tok, "encode_chunk") and bool(cfg.video))

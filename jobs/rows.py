@@ -51,8 +51,8 @@ class _Stream:
 class StreamTable:
     """The streams one actor serves, by session id (LRU-bounded); safe for concurrent calls."""
 
-    def __init__(self, tok: Any, compute_lock: Any):
-        self.tok, self.compute_lock = tok, compute_lock
+    def __init__(self, tok: Any, compute_lock: Any, refine_steps: int = 0):
+        self.tok, self.compute_lock, self.refine_steps = tok, compute_lock, refine_steps
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self.turn = threading.Condition()  # guards `streams` and each stream's `parts`
 
@@ -90,7 +90,7 @@ class StreamTable:
             stream = self._stream(session, part, score)
         try:
             with self.compute_lock:
-                out = self.tok.encode_chunk(stream.encoder, video)
+                out = self.tok.encode_chunk(stream.encoder, video, self.refine_steps)
                 if stream.quality is not None:
                     recon = self.tok.decode_chunk(stream.decoder, out)  # [1, 3, T, H, W]
                     stream.quality.add(metrics.from_uint8_frames(torch.as_tensor(frames[0])),

@@ -99,10 +99,16 @@ class TokenizerSpec(Config):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     tf32: bool = True
+    refine_steps: int = 0  # > 0: each latent frame refined against the decoder (FSQ, native backend)
 
     def validate(self, path: str) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise SpecError(f"{path}.batch_size", "must be >= 1")
+        if self.refine_steps < 0:
+            raise SpecError(f"{path}.refine_steps", f"must be >= 0, got {self.refine_steps}")
+        if self.refine_steps and self.compile:
+            raise SpecError(f"{path}.refine_steps", "cannot be combined with tokenizer.compile (the refinement "
+                                                    "runs autograd, which the compiled encode does not)")
 
 
 class OutputSpec(Config):

@@ -73,3 +73,22 @@ def test_eval_rejects_a_resolution_off_the_grid(shard, tiny_checkpoint, capsys):
                  "--num-frames", "9", "--resolution", "60", "64"])
     assert code == 2
     assert "--resolution" in capsys.readouterr().err
+
+
+def test_eval_refine_steps_scores_the_refined_tokens(shard, tmp_path, capsys):
+    """--refine-steps: the bundled model's refined round trip of real clips scores above its plain
+    one, clip by clip; a continuous tokenizer is refused naming the flag."""
+    args = ["eval", "--tokenizer", "DV4x8x8-mill", "--shards", str(shard), "--num-frames", "5",
+            "--resolution", "64", "64", "--max-clips", "2", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--refine-steps", "6"]) == 0
+    refined = json.loads(capsys.readouterr().out)
+    assert plain["refine_steps"] == 0 and refined["refine_steps"] == 6
+    for before, after in zip(plain["per_clip"], refined["per_clip"], strict=True):
+        assert after["key"] == before["key"] and after["psnr"] > before["psnr"] + 0.1
+        assert after["baseline_psnr"] == before["baseline_psnr"]
+    continuous = tmp_path / "cv.pt"
+    tokenizer_core.save_checkpoint(tokenizer_core.from_pretrained("CV4x8x8-tiny", init="random"), str(continuous))
+    assert main(["eval", "--tokenizer", str(continuous), "--shards", str(shard), "--refine-steps", "2"]) == 2
+    assert "--refine-steps" in capsys.readouterr().err

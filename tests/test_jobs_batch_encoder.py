@@ -180,3 +180,24 @@ def test_cuda_with_no_gpu_per_actor_is_refused_before_anything_runs():
                            "resources": {"gpus_per_actor": 0}})
     with pytest.raises(SpecError, match="tokenizer.device: cuda needs a GPU per actor"):
         resolve_device(spec, address=None)
+
+
+def test_refine_steps_reach_the_worker_its_ids_and_the_fingerprint():
+    """tokenizer.refine_steps: the spec's value reaches the actor settings; the worker's ids are
+    the refined encode's (not the plain one's) for the same frames; the fingerprint names the key
+    when set and is unchanged when not, so outputs made before it resume."""
+    from jobs.placement import Placement, actor_settings
+    from pipeline.writers.fingerprint import job_fingerprint
+
+    placement = Placement(1, 0, 1.0, 1, 1, 2.0, 0.0)
+    settings = actor_settings(_spec(refine_steps=3, device="cpu", batch_size=2), placement)
+    assert settings.refine_steps == 3
+    worker = TokenizerWorker(settings)
+    frames = _batches(1, seed=5)[0]
+    video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    refined = worker.encode(frames)
+    np.testing.assert_array_equal(refined, worker.tok.encode(video, refine_steps=3).numpy())
+    assert not np.array_equal(refined, _serial(worker.tok, frames))
+    plain, set_ = job_fingerprint(_spec(), {}, "w"), job_fingerprint(_spec(refine_steps=3), {}, "w")
+    assert "tokenizer.refine_steps" not in plain and set_["tokenizer.refine_steps"] == 3
+    assert plain["digest"] == job_fingerprint(_spec(refine_steps=0), {}, "w")["digest"] != set_["digest"]

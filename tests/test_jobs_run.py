@@ -91,6 +91,21 @@ def test_changed_fingerprint_is_refused(finished):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "tokens").glob("*.parquet")} == before
 
 
+def test_resume_with_refined_tokens_is_refused(finished):
+    """tokenizer.refine_steps changes the tokens: a resume that turns it on exits 2 naming it."""
+    out, _ = finished
+    proc = run_cli(out, *SMALL, "tokenizer.refine_steps=4")
+    assert proc.returncode == 2 and "tokenizer.refine_steps" in proc.stderr
+
+
+def test_refining_a_continuous_tokenizer_exits_2(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(out, *SMALL, "tokenizer.name=CV4x8x8-tiny", "tokenizer.init=random", "tokenizer.refine_steps=2",
+                   timeout=120)
+    assert proc.returncode == 2 and "tokenizer.refine_steps" in proc.stderr and "discrete" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [
@@ -99,6 +114,7 @@ def test_changed_fingerprint_is_refused(finished):
         ("clips.bogus=1", "clips.bogus"),  # unknown key
         ("tokenizer.batch_size=0", "tokenizer.batch_size"),
         ("tokenizer.name=NoSuchTokenizer", "tokenizer.name"),
+        ("tokenizer.refine_steps=-1", "tokenizer.refine_steps"),
     ],
 )
 def test_invalid_spec_exits_2_and_writes_nothing(tmp_path, override, field):

@@ -53,9 +53,10 @@ def shard(tmp_path_factory, real_videos) -> Path:
     return write_tar(path, [("cut.mp4", encode_frames(joined, 96, 64)), ("long.mp4", encode_frames(long, 192, 128))])
 
 
-def _actor(ray_local, checkpoint: Path):
+def _actor(ray_local, checkpoint: Path, refine_steps: int = 0):
     settings = ActorSettings(name=str(checkpoint), checkpoint=None, init="pretrained", dtype="float32",
-                             device="cpu", num_gpus=0, num_cpus=0.5, torch_threads=1, batch_size=2)
+                             device="cpu", num_gpus=0, num_cpus=0.5, torch_threads=1, batch_size=2,
+                             refine_steps=refine_steps)
     actor = tokenizer_actor_class(settings).remote(settings)
     ray_local.get(actor.pid.remote())
     return actor
@@ -78,7 +79,7 @@ def _run(job: ShardJob, url: str, actors: list) -> tuple[dict[str, dict], ShardS
     return {r["key"]: r for r in table.to_pylist()}, stats
 
 
-def _one_pass(checkpoint: Path, data: bytes, clips: ClipSpec) -> list[np.ndarray]:
+def _one_pass(checkpoint: Path, data: bytes, clips: ClipSpec, refine_steps: int = 0) -> list[np.ndarray]:
     """Each row's ids from one full encode of its frames (cut in-process, chunks joined)."""
     torch.set_num_threads(1)
     tok = tokenizer_core.from_pretrained(str(checkpoint))
@@ -90,7 +91,7 @@ def _one_pass(checkpoint: Path, data: bytes, clips: ClipSpec) -> list[np.ndarray
     for chunks in rows.values():
         frames = torch.from_numpy(np.concatenate(chunks))  # [T, H, W, 3]
         video = frames.permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
-        out.append(tok.encode(video)[0].numpy())
+        out.append(tok.encode(video, refine_steps=refine_steps)[0].numpy())
     return out
 
 
@@ -111,6 +112,18 @@ def test_whole_video_ids_equal_one_pass_encode_and_quality_is_scored(ray_local, 
         assert len(np.unique(ids)) >= 10  # the comparison is not between near-constant grids
     assert all(r["psnr"] is not None and 0 < r["ssim"] < 1 for r in rows.values())
     assert len(stats.quality) == len(rows) == stats.clips and stats.scene_cuts == 1
+
+
+def test_refined_whole_video_ids_equal_one_refined_pass(ray_local, checkpoint, shard, tmp_path):
+    """tokenizer.refine_steps on whole videos: the actor refines chunk by chunk through the row's
+    stream and gets the ids of one refined pass over the row, which differ from the plain ones."""
+    clips = ClipSpec(num_frames="all", split_scenes=True, resolution=(64, 96), chunk_frames=8)
+    rows, _ = _run(_job(tmp_path, clips), str(shard), [_actor(ray_local, checkpoint, refine_steps=2)])
+    cut = [rows[k] for k in sorted(rows) if rows[k]["sample_key"] == "cut"]
+    data = _member(shard, "cut.mp4")
+    plain = _one_pass(checkpoint, data, clips)
+    for row, ids, before in zip(cut, _one_pass(checkpoint, data, clips, refine_steps=2), plain, strict=True):
+        assert np.array_equal(_ids(row), ids) and not np.array_equal(ids, before)
 
 
 def _member(shard: Path, name: str) -> bytes:

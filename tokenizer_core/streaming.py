@@ -32,6 +32,7 @@ class StreamSession:
         self._modules = _stateful(modules)
         self._state: list[dict] = [{} for _ in self._modules]
         self.calls = 0  # completed calls: 0 means the next chunk is the stream's first
+        self.decoder: StreamSession | None = None  # an encode stream's refinement decoder (refine_steps)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -45,6 +46,18 @@ class StreamSession:
         finally:
             for m in self._modules:
                 setattr(m, "_stream", None)  # noqa: B010
+
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """Calls within the block leave the stream as they found it (to try inputs for its next
+        chunk). The modules replace their state's tensors rather than write into them and only
+        append to its lists, so copying the dicts and lists is enough."""
+        saved = [{k: list(v) if isinstance(v, list) else v for k, v in state.items()} for state in self._state]
+        try:
+            yield
+        finally:
+            self._state = saved
 
 
 @contextmanager

@@ -1,12 +1,13 @@
 """`tokenmill eval`: reconstruction quality of a tokenizer against the same-grid baseline.
 
     tokenmill eval --tokenizer SPEC --shards URLS [--num-frames N] [--resolution H W]
-                   [--max-clips N] [--json]
+                   [--max-clips N] [--refine-steps N] [--json]
 
 Clips are cut from the shards by the same data plane as a job (resize shorter side, centre
 crop, consecutive non-overlapping clips). Each clip is encoded and decoded by the tokenizer;
 the result and the same-grid baseline (tokenizer_core.metrics) are scored against the
 original with PSNR and SSIM over all frames on [0, 255] RGB. Means are over clips.
+`--refine-steps N` encodes as a job with `tokenizer.refine_steps: N` does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def iter_eval_clips(shards: str | list[str], num_frames: int, resolution: tuple[
                 log.warning("skipping %s/%s: %s", item.source_url, item.sample_key, item.message)
 
 
-def score_clip(tok: Any, frames: Any) -> dict[str, float]:
+def score_clip(tok: Any, frames: Any, refine_steps: int = 0) -> dict[str, float]:
     """PSNR/SSIM of the tokenizer's round trip and of the baseline for one uint8 [T, H, W, 3] clip."""
     import torch
 
@@ -51,7 +52,7 @@ def score_clip(tok: Any, frames: Any) -> dict[str, float]:
     original = metrics.from_uint8_frames(torch.as_tensor(frames))  # [3, T, H, W] on [0, 255]
     video = (original / 127.5 - 1.0).unsqueeze(0).to(device=tok.device, dtype=tok.dtype)
     with torch.inference_mode():
-        recon = tok.decode(tok.encode(video))
+        recon = tok.decode(tok.encode(video, refine_steps=refine_steps) if refine_steps else tok.encode(video))
     recon = metrics.to_pixels(recon[0].cpu())
     t, s = tok.config.temporal_compression, tok.config.spatial_compression
     baseline = metrics.same_grid_baseline(original, t, s)
@@ -63,18 +64,18 @@ def score_clip(tok: Any, frames: Any) -> dict[str, float]:
     }
 
 
-def evaluate(tok: Any, clips: Iterable[Any], max_clips: int | None = None) -> dict[str, Any]:
+def evaluate(tok: Any, clips: Iterable[Any], max_clips: int | None = None, refine_steps: int = 0) -> dict[str, Any]:
     """Score clips (objects with key/source_url/sample_key/start_frame/frames); means over clips."""
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for clip in clips:
         if max_clips is not None and len(rows) >= max_clips:
             break
-        scores = score_clip(tok, clip.frames)
+        scores = score_clip(tok, clip.frames, refine_steps)
         rows.append({"key": clip.key, "source_url": clip.source_url, "sample_key": clip.sample_key,
                      "start_frame": clip.start_frame, **{k: round(v, 4) for k, v in scores.items()}})
         log.info("%s: psnr %.2f (baseline %.2f)", clip.key, scores["psnr"], scores["baseline_psnr"])
-    result: dict[str, Any] = {"tokenizer": tok.config.name, "clips": len(rows)}
+    result: dict[str, Any] = {"tokenizer": tok.config.name, "clips": len(rows), "refine_steps": refine_steps}
     for name in ("psnr", "ssim", "baseline_psnr", "baseline_ssim"):
         result[name] = round(sum(r[name] for r in rows) / len(rows), 4) if rows else None
     if rows:
@@ -119,10 +120,15 @@ def cli_eval(args: argparse.Namespace) -> int:
     resolution = (int(args.resolution[0]), int(args.resolution[1]))
     if args.max_clips is not None and args.max_clips < 1:
         raise SpecError("--max-clips", "must be >= 1")
+    if args.refine_steps < 0:
+        raise SpecError("--refine-steps", "must be >= 0")
     tok = load_tokenizer(args.tokenizer)
     _check_shape(tok.config, args.num_frames, resolution)
+    if args.refine_steps and not (tok.config.discrete and hasattr(tok, "refine_latent")):
+        raise SpecError("--refine-steps", f"needs a discrete (FSQ) tokenizer on the native backend; {tok.config.name} "
+                                          f"is {'continuous' if not tok.config.discrete else 'a TorchScript file'}")
     clips = iter_eval_clips(list(args.shards), args.num_frames, resolution)
-    result = evaluate(tok, clips, args.max_clips)
+    result = evaluate(tok, clips, args.max_clips, args.refine_steps)
     result.update(num_frames=args.num_frames, resolution=list(resolution))
     if result["clips"] == 0:
         print(f"tokenmill eval: no clip of {args.num_frames} frames in {args.shards}", file=sys.stderr)

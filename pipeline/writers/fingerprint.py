@@ -113,6 +113,8 @@ def _added_components(spec: JobSpec) -> dict[str, Any]:
         added.update({"clips.max_frames": clips.max_frames, "clips.chunk_frames": clips.chunk_frames})
     if spec.quality.sample_rate > 0:
         added["quality.sample_rate"] = spec.quality.sample_rate
+    if spec.tokenizer.refine_steps:
+        added["tokenizer.refine_steps"] = spec.tokenizer.refine_steps
     return added
 
 
