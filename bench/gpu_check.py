@@ -16,6 +16,8 @@ and gpu_check.md after every section, so a run cut short still reports what it m
               same weights from it) or else traced here from the same random weights with
               tokenizer_core.official.export_official_jit, weights in NCDHW as in the release.
   sweep       DV8x16x16 bf16 at 17x256x256, batch 1..32: frames/s and peak; the auto batch size.
+  refine      the trained DV4x8x8-mill on 4 real clips, fp32: plain encode against `refine_steps`
+              (50) encode, seconds and the PSNR of each decode (docs/tokenizer.md, "Refined encoding").
   actor       the actor's batch encoder (jobs.actors.TokenizerWorker, auto batch) fed from memory
               with 1 and 3 batches in flight, then by a CPU decode pool (multiprocessing, opencv):
               busy = compute-stream time / wall time, and frames/s; the pool's decode-only rate.
@@ -69,13 +71,15 @@ class Sizes:
     actor_model: str
     actor_shape: Shape
     actor_seconds: float  # each actor run feeds batches for this long
+    refine_shape: Shape
+    refine_steps: int
     min_time_s: float  # a throughput measurement repeats until it has run this long (5 calls at most)
 
 
 FULL = Sizes(["CV8x8x8", "DV8x16x16", "DV4x8x8"], [(17, 256, 256), (33, 512, 512), (17, 704, 1280)],
-             (17, 256, 256), [1, 2, 4, 8, 16, 32], "DV8x16x16", (17, 256, 256), 20.0, 1.0)
+             (17, 256, 256), [1, 2, 4, 8, 16, 32], "DV8x16x16", (17, 256, 256), 20.0, (17, 256, 256), 50, 1.0)
 QUICK = Sizes(["CV8x8x8-tiny", "DV8x16x16-tiny", "DV4x8x8-tiny"], [(9, 32, 32)], (9, 32, 32), [1, 2],
-              "DV8x16x16-tiny", (9, 32, 32), 1.0, 0.0)
+              "DV8x16x16-tiny", (9, 32, 32), 1.0, (5, 32, 32), 2, 0.0)
 TRAINED = "DV4x8x8-mill"
 
 
@@ -394,6 +398,31 @@ def pool_clips(pool: Any, tasks: list[Any], count: int, pending: int) -> Iterato
         yield from queue.popleft().get()
 
 
+def refine(check: Check) -> dict[str, Any]:
+    from tokenizer_core import metrics
+
+    t, h, w = check.cfg.refine_shape
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = [c for p in sample_videos(Path(tmp)) for c in decode_clips((str(p), t, h, w))[:1]][:4]
+    video = to_video(np.stack(clips), check.device, torch.float32)
+    original = metrics.from_uint8_frames(torch.as_tensor(np.concatenate(clips)))  # clips one after another
+    tok = load(TRAINED, check.device, torch.float32, None)
+    out: dict[str, Any] = {"model": TRAINED, "shape": f"{t}x{h}x{w}", "clips": len(clips), "rows": []}
+    for steps in (0, check.cfg.refine_steps):
+        ids = tok.encode(video, refine_steps=steps)  # also the warm-up
+        sync(check.device)
+        start = time.perf_counter()
+        tok.encode(video, refine_steps=steps)
+        sync(check.device)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            recon = metrics.to_pixels(torch.cat(list(tok.decode(ids).float().cpu()), dim=1))
+        out["rows"].append({"refine_steps": steps, "seconds": seconds, "psnr": metrics.psnr(original, recon)})
+    plain, refined = out["rows"]
+    out["time_ratio"] = refined["seconds"] / plain["seconds"]
+    return out
+
+
 def actor(check: Check) -> dict[str, Any]:
     name, (t, h, w) = check.cfg.actor_model, check.cfg.actor_shape
     cuda = check.device == "cuda"
@@ -466,6 +495,10 @@ def markdown(res: dict[str, Any]) -> str:
         s = res["sweep"]
         lines += [f"## Batch sweep ({s['model']}, {s['shape']}, bf16; auto batch = {s['auto_batch']})", ""]
         lines += _table(s["rows"], ["batch", "frames_per_s", "peak_mib", "seconds", "error"])
+    if "refine" in res:
+        r = res["refine"]
+        lines += [f"## Refined encoding ({r['model']}, {r['shape']}, fp32, {r['clips']} clips in one batch)", ""]
+        lines += _table(r["rows"], ["refine_steps", "seconds", "psnr"]) + [f"time ratio: {r['time_ratio']:.1f}", ""]
     if "actor" in res:
         a = res["actor"]
         lines += [f"## Actor pipeline ({a['model']}, {a['shape']}, {a['dtype']}, batch {a['batch_size']})", "",
@@ -477,7 +510,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 SECTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
-    "parity": parity, "throughput": throughput, "sweep": sweep, "actor": actor}
+    "parity": parity, "throughput": throughput, "sweep": sweep, "refine": refine, "actor": actor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 picture of a failure).
 
     python scripts/eval_preview.py --tokenizer DV4x8x8-mill --shards data/eval/shards-*.tar \
-        --key astronaut_zoom_h264 --out preview.png [--frames 4] [--scale 0.5]
+        --key astronaut_zoom_h264 --out preview.png [--frames 4] [--scale 0.5] [--refine-steps N]
 
 The clip is cut by the same data plane as `tokenmill eval` (17 frames at 256x256 by default);
 `--key` matches the start of a sample key. Originals on top, reconstruction below, labelled with
@@ -31,16 +31,20 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.5, help="resize factor of the PNG")
     parser.add_argument("--num-frames", type=int, default=17)
     parser.add_argument("--resolution", type=int, nargs=2, default=[256, 256])
+    parser.add_argument("--refine-steps", type=int, default=0, help="encode as tokenizer.refine_steps does")
     args = parser.parse_args()
     tok = load_tokenizer(args.tokenizer)
     clip = next(c for c in iter_eval_clips(args.shards, args.num_frames, tuple(args.resolution))
                 if c.sample_key.startswith(args.key))
     video = metrics.from_uint8_frames(torch.as_tensor(clip.frames)).div(127.5).sub(1).unsqueeze(0)
     with torch.inference_mode():
-        recon = metrics.to_pixels(tok.decode(tok.encode(video.to(tok.device, tok.dtype)))[0].cpu())
+        video = video.to(tok.device, tok.dtype)
+        ids = tok.encode(video, refine_steps=args.refine_steps) if args.refine_steps else tok.encode(video)
+        recon = metrics.to_pixels(tok.decode(ids)[0].cpu())
     recon_frames = recon.permute(1, 2, 3, 0).to(torch.uint8).numpy()
-    scores = score_clip(tok, clip.frames)
-    title = (f"{tok.config.name} on {clip.sample_key}: {scores['psnr']:.2f} dB "
+    scores = score_clip(tok, clip.frames, args.refine_steps)
+    refined = f", {args.refine_steps} refine steps" if args.refine_steps else ""
+    title = (f"{tok.config.name}{refined} on {clip.sample_key}: {scores['psnr']:.2f} dB "
              f"(same-grid baseline {scores['baseline_psnr']:.2f} dB)")
     image = compare_image(np.asarray(clip.frames), recon_frames, args.frames, title)
     if args.scale != 1:

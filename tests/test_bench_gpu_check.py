@@ -43,6 +43,8 @@ def test_quick_cpu_rehearsal_runs_every_section_without_the_pipeline_dependencie
     jit = next(r for r in report["throughput"]["rows"] if r["impl"] == "jit_bf16")
     assert jit["vs_native_ids_equal"] > 0.9  # the traced form computes what the native model does
     assert [r["batch"] for r in report["sweep"]["rows"]] == [1, 2, 4]  # and the auto batch (CPU: 4)
+    plain, refined = report["refine"]["rows"]
+    assert refined["refine_steps"] == 2 and refined["psnr"] > plain["psnr"]
     feeds = [r["feed"] for r in report["actor"]["runs"]]
     assert feeds[:2] == ["memory", "memory"] and feeds[2].startswith("decode pool")
     assert all(r["batches"] > 0 and 0 < r["busy"] <= 1.0 for r in report["actor"]["runs"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -257,8 +258,9 @@ def test_latent_loss_trains_and_logs_its_distance(tmp_path, shard):
         load_train_config(str(path))
 
 
-def test_latent_search_gap_script_scores_both_codings(tmp_path, shard):
-    """scripts/latent_search_gap.py: per clip, the searched latent's decode beats the encoder's."""
+def test_latent_search_gap_script_scores_all_three_codings(tmp_path, shard):
+    """scripts/latent_search_gap.py: per clip, the refined and the searched latents' decodes beat the
+    encoder's; the token statistics of both codings are in range."""
     import subprocess
     import sys
 
@@ -269,7 +271,10 @@ def test_latent_search_gap_script_scores_both_codings(tmp_path, shard):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "gap.json").read_text())
     assert len(report["per_clip"]) == 2
-    assert all(r["psnr_searched"] > r["psnr"] + 0.1 for r in report["per_clip"])
+    assert all(r["psnr_searched"] > r["psnr"] + 0.1 and r["psnr_refined"] > r["psnr"] + 0.1 for r in report["per_clip"])
+    for coding in ("plain", "refined"):
+        assert 0 <= report["tokens"][coding]["temporal_repeat"] <= 1
+        assert 0 < report["tokens"][coding]["bits_per_token_given_previous"] < math.log2(64000)
     bad = subprocess.run([sys.executable, str(script), "DV4x8x8-mill", "--shards", str(tmp_path / "none-*.tar")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "none-" in bad.stderr and "Traceback" not in bad.stderr
