@@ -69,3 +69,14 @@ def test_refinement_needs_a_discrete_tokenizer(video):
     continuous = tokenizer_core.from_pretrained("CV4x8x8-tiny", init="random")
     with pytest.raises(ValueError, match="discrete"):
         continuous.encode(video, refine_steps=2)
+
+
+def test_image_tokenizers_refine_each_frame_on_its_own(video):
+    """DI models: every image is its own latent; a video's frames refine as they would one by one."""
+    tok = tokenizer_core.from_pretrained("DI8x8-tiny", init="random")
+    frames = video[:, :, :3]
+    plain, refined = tok.encode(frames), tok.encode(frames, refine_steps=4)
+    assert refined.shape == plain.shape == (1, 3, 8, 8)
+    assert _error(tok, refined, frames) < _error(tok, plain, frames)
+    alone = torch.stack([tok.encode(frames[:, :, i], refine_steps=4) for i in range(3)], dim=1)
+    assert torch.equal(refined, alone)
