@@ -69,6 +69,8 @@ def test_refinement_needs_a_discrete_tokenizer(video):
     continuous = tokenizer_core.from_pretrained("CV4x8x8-tiny", init="random")
     with pytest.raises(ValueError, match="discrete"):
         continuous.encode(video, refine_steps=2)
+    with pytest.raises(ValueError, match="refine_steps"):
+        tokenizer_core.from_pretrained("DV4x8x8-tiny", init="random").encode(video, refine_steps=-1)
 
 
 def test_image_tokenizers_refine_each_frame_on_its_own(video):

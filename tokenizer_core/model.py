@@ -145,6 +145,8 @@ class CosmosTokenizer(nn.Module):
         `refine_steps` > 0 (FSQ models): each latent frame is then refined against the decoder
         (`refine_latent`), in every mode; tokens stay causal.
         """
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         if mode == "stream" and self.config.video:
             chunk = chunk_frames or 2 * self.config.temporal_compression
             rest = video[:, :, 1 + chunk:]
