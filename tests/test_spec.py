@@ -82,6 +82,8 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
         ({"clips": {"max_frames": 100}}, "clips.max_frames"),  # only with num_frames: all
         ({"clips": {"split_scenes": "yes"}}, "clips.split_scenes"),
         ({"quality": {"sample_rate": 1.5}}, "quality.sample_rate"),
+        ({"tokenizer": {"refine_steps": -1}}, "tokenizer.refine_steps"),
+        ({"tokenizer": {"refine_steps": 50, "compile": True}}, "tokenizer.refine_steps"),
     ],
 )
 def test_bad_field_is_named(sections, field, tmp_path):
