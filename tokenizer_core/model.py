@@ -314,8 +314,7 @@ class CosmosTokenizer(nn.Module):
     def search_latent(self, h: torch.Tensor, x: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
         """Pre-quantisation latent `h` of the (padded) input `x` -> the latent that `steps` Adam steps
         of size `lr` on the squared error of its decode reach (`_adam_search`)."""
-        return _adam_search(h, lambda z: (self._decode_raw(self._quantize(z)[0]).float() - x.float()).square().mean(),
-                            steps, lr)
+        return _adam_search(h, partial(self._frame_error, target=x, pads=(0, 0, 0, 0), decoder=None), steps, lr)
 
     def refine_latent(self, h: torch.Tensor, x: torch.Tensor, pads: tuple[int, int, int, int], steps: int,
                       decoder: StreamSession | None) -> torch.Tensor:
