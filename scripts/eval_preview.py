@@ -16,9 +16,8 @@ import argparse
 import numpy as np
 import torch
 
-from pipeline.tokenizer_tools.evaluate import iter_eval_clips, load_tokenizer, score_clip
+from pipeline.tokenizer_tools.evaluate import iter_eval_clips, load_tokenizer, score_round_trip
 from pipeline.tokenizer_tools.preview import compare_image
-from tokenizer_core import metrics
 
 
 def main() -> None:
@@ -36,13 +35,8 @@ def main() -> None:
     tok = load_tokenizer(args.tokenizer)
     clip = next(c for c in iter_eval_clips(args.shards, args.num_frames, tuple(args.resolution))
                 if c.sample_key.startswith(args.key))
-    video = metrics.from_uint8_frames(torch.as_tensor(clip.frames)).div(127.5).sub(1).unsqueeze(0)
-    with torch.inference_mode():
-        video = video.to(tok.device, tok.dtype)
-        ids = tok.encode(video, refine_steps=args.refine_steps) if args.refine_steps else tok.encode(video)
-        recon = metrics.to_pixels(tok.decode(ids)[0].cpu())
+    scores, recon = score_round_trip(tok, clip.frames, args.refine_steps)
     recon_frames = recon.permute(1, 2, 3, 0).to(torch.uint8).numpy()
-    scores = score_clip(tok, clip.frames, args.refine_steps)
     refined = f", {args.refine_steps} refine steps" if args.refine_steps else ""
     title = (f"{tok.config.name}{refined} on {clip.sample_key}: {scores['psnr']:.2f} dB "
              f"(same-grid baseline {scores['baseline_psnr']:.2f} dB)")

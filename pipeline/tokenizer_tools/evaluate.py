@@ -45,6 +45,11 @@ def iter_eval_clips(shards: str | list[str], num_frames: int, resolution: tuple[
 
 def score_clip(tok: Any, frames: Any, refine_steps: int = 0) -> dict[str, float]:
     """PSNR/SSIM of the tokenizer's round trip and of the baseline for one uint8 [T, H, W, 3] clip."""
+    return score_round_trip(tok, frames, refine_steps)[0]
+
+
+def score_round_trip(tok: Any, frames: Any, refine_steps: int = 0) -> tuple[dict[str, float], Any]:
+    """`score_clip`'s scores and the reconstruction they score, uint8-valued float [3, T, H, W]."""
     import torch
 
     from tokenizer_core import metrics
@@ -56,12 +61,13 @@ def score_clip(tok: Any, frames: Any, refine_steps: int = 0) -> dict[str, float]
     recon = metrics.to_pixels(recon[0].cpu())
     t, s = tok.config.temporal_compression, tok.config.spatial_compression
     baseline = metrics.same_grid_baseline(original, t, s)
-    return {
+    scores = {
         "psnr": metrics.psnr(original, recon),
         "ssim": metrics.ssim(original, recon),
         "baseline_psnr": metrics.psnr(original, baseline),
         "baseline_ssim": metrics.ssim(original, baseline),
     }
+    return scores, recon
 
 
 def evaluate(tok: Any, clips: Iterable[Any], max_clips: int | None = None, refine_steps: int = 0) -> dict[str, Any]:
