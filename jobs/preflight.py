@@ -51,6 +51,7 @@ def pin_hub_refs(name: str, checkpoint: str | None) -> tuple[str, str | None, st
 def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
     """Load the tokenizer once on the driver (CPU) for its config and weights hash."""
     from jobs.actors import load_tokenizer
+    from tokenizer_core.model import refine_problem
 
     tok_spec = spec.tokenizer
     try:
@@ -60,9 +61,8 @@ def probe_tokenizer(spec: JobSpec) -> TokenizerInfo:
         field_name = "tokenizer.checkpoint" if tok_spec.checkpoint else "tokenizer.name"
         raise SpecError(field_name, f"cannot load tokenizer: {exc}") from exc
     cfg = tok.config
-    if tok_spec.refine_steps and not (cfg.discrete and hasattr(tok, "refine_latent")):
-        raise SpecError("tokenizer.refine_steps", f"needs a discrete (FSQ) tokenizer on the native backend; "
-                                                  f"{cfg.name} is {'a TorchScript file' if cfg.discrete else 'continuous'}")
+    if tok_spec.refine_steps and (problem := refine_problem(tok)):
+        raise SpecError("tokenizer.refine_steps", problem)
     return TokenizerInfo(cfg.to_dict(), tok.weights_hash, cfg.name, bool(cfg.discrete),
                          int(cfg.spatial_compression), int(cfg.temporal_compression), name, checkpoint, revision,
                          hasattr(tok, "encode_chunk") and bool(cfg.video))

@@ -82,3 +82,17 @@ def test_image_tokenizers_refine_each_frame_on_its_own(video):
     assert _error(tok, refined, frames) < _error(tok, plain, frames)
     alone = torch.stack([tok.encode(frames[:, :, i], refine_steps=4) for i in range(3)], dim=1)
     assert torch.equal(refined, alone)
+
+
+def test_refine_problem_names_what_cannot_refine(tmp_path):
+    """The one check behind tokenizer.refine_steps and eval --refine-steps: continuous models and the
+    TorchScript backend are refused with the reason; a native FSQ model passes."""
+    from tokenizer_core.model import refine_problem
+    from tokenizer_core.official import export_official_jit
+
+    native = tokenizer_core.from_pretrained("DV4x8x8-tiny", init="random")
+    assert refine_problem(native) is None
+    assert "continuous" in str(refine_problem(tokenizer_core.from_pretrained("CV4x8x8-tiny", init="random")))
+    export_official_jit(native, tmp_path, torch.zeros(1, 3, 5, 32, 32), autoencoder=False)
+    jit = tokenizer_core.from_pretrained(str(tmp_path), backend="jit")
+    assert "native backend" in str(refine_problem(jit))

@@ -359,6 +359,17 @@ class CosmosTokenizer(nn.Module):
         return self.forward_with_latents(video).reconstruction
 
 
+def refine_problem(tok: object) -> str | None:
+    """Why `tok` (a loaded tokenizer of any backend) cannot run `encode(..., refine_steps=)`, or None."""
+    config = getattr(tok, "config", None)
+    name = getattr(config, "name", "this tokenizer")
+    if not getattr(config, "discrete", False):
+        return f"needs a discrete (FSQ) tokenizer; {name} is continuous"
+    if not isinstance(tok, CosmosTokenizer):
+        return f"needs the native backend; {name} is loaded as TorchScript files"
+    return None
+
+
 def _adam_search(start: torch.Tensor, error: Callable[[torch.Tensor], torch.Tensor], steps: int,
                  lr: float) -> torch.Tensor:
     """`steps` Adam steps (betas 0.9 / 0.999, step size `lr`) on `error(z)` from `start`; the FSQ

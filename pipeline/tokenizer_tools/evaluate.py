@@ -123,6 +123,8 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def cli_eval(args: argparse.Namespace) -> int:
+    from tokenizer_core.model import refine_problem
+
     resolution = (int(args.resolution[0]), int(args.resolution[1]))
     if args.max_clips is not None and args.max_clips < 1:
         raise SpecError("--max-clips", "must be >= 1")
@@ -130,9 +132,8 @@ def cli_eval(args: argparse.Namespace) -> int:
         raise SpecError("--refine-steps", "must be >= 0")
     tok = load_tokenizer(args.tokenizer)
     _check_shape(tok.config, args.num_frames, resolution)
-    if args.refine_steps and not (tok.config.discrete and hasattr(tok, "refine_latent")):
-        raise SpecError("--refine-steps", f"needs a discrete (FSQ) tokenizer on the native backend; {tok.config.name} "
-                                          f"is {'continuous' if not tok.config.discrete else 'a TorchScript file'}")
+    if args.refine_steps and (problem := refine_problem(tok)):
+        raise SpecError("--refine-steps", problem)
     clips = iter_eval_clips(list(args.shards), args.num_frames, resolution)
     result = evaluate(tok, clips, args.max_clips, args.refine_steps)
     result.update(num_frames=args.num_frames, resolution=list(resolution))
